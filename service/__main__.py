@@ -1,0 +1,128 @@
+"""Command line: `python -m service` serves; `python -m service apikey create NAME` makes a key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from service.config import Settings, SettingsError, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Serve the API (the default), or manage API keys.",
+    )
+    parser.add_argument("--host", help="interface to listen on (default: HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port (default: PORT or 8000)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: WORKERS or 1)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="serve the API (what runs without a command)")
+
+    apikey = commands.add_parser("apikey", help="create, list or revoke API keys for machine callers")
+    actions = apikey.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="make a key and print it once")
+    create.add_argument("name", help="who the key is for, e.g. billing-service")
+    actions.add_parser("list", help="every key with its state (never the key)")
+    revoke = actions.add_parser("revoke", help="revoke the live key with this name")
+    revoke.add_argument("name")
+    return parser
+
+
+def serve(settings: Settings, host: str | None, port: int | None, workers: int | None) -> None:
+    import uvicorn
+
+    from service.logs import configure_logging
+
+    workers = workers or settings.workers
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Each worker writes its metrics here; a scrape of any worker sums them all.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="service-metrics-")
+    configure_logging(settings.log_level, settings.log_format)
+    uvicorn.run(
+        "service.app:serve_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )
+
+
+def _with_database(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
+    from service.db import create_schema, open_database
+
+    async def run() -> int:
+        create_schema(settings.database_url)
+        db = open_database(settings)
+        await db.connect()
+        try:
+            return await work(db)
+        finally:
+            await db.disconnect()
+
+    return asyncio.run(run())
+
+
+def apikey(settings: Settings, action: str, name: str | None) -> int:
+    from service import apikeys
+
+    async def create(db: Any) -> int:
+        assert name is not None
+        try:
+            key, row = await apikeys.create_api_key(db, name)
+        except apikeys.KeyNameTaken:
+            print(f"error: a live key named {name!r} exists; revoke it first", file=sys.stderr)
+            return 1
+        print(key)
+        print(
+            f"created API key {row['name']!r}; it is shown only this once. Send it as X-API-Key.",
+            file=sys.stderr,
+        )
+        return 0
+
+    async def list_keys(db: Any) -> int:
+        for row in await apikeys.list_api_keys(db):
+            state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "live"
+            print(f"{row['name']}\t{row['key_prefix']}...\tcreated {row['created_at']}\t{state}")
+        return 0
+
+    async def revoke(db: Any) -> int:
+        assert name is not None
+        if await apikeys.revoke_api_key(db, name):
+            print(f"revoked API key {name!r}", file=sys.stderr)
+            return 0
+        print(f"error: no live key named {name!r}", file=sys.stderr)
+        return 1
+
+    return _with_database(settings, {"create": create, "list": list_keys, "revoke": revoke}[action])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        for flag, low, high in (("port", 1, 65535), ("workers", 1, 64)):
+            value = getattr(args, flag)
+            if value is not None and not low <= value <= high:
+                raise SettingsError(f"--{flag} must be between {low} and {high}, got {value}")
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "apikey":
+        return apikey(settings, args.action, getattr(args, "name", None))
+    serve(settings, args.host, args.port, args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

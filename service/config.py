@@ -1,0 +1,121 @@
+"""Settings: read once from the environment and an optional `.env` file, checked, then frozen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from starlette.config import Config
+
+T = TypeVar("T")
+
+DEFAULT_DATABASE_URL = "sqlite:///./data/service.db"
+
+
+class SettingsError(ValueError):
+    """A setting has a value the service cannot start with; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    host: str
+    port: int
+    workers: int
+    log_level: str
+    log_format: str
+    max_body_bytes: int
+    db_pool_min: int
+    db_pool_max: int
+    sqlite_busy_timeout_ms: int
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+# Every setting, its default and what it means: the README's configuration table is this list.
+SETTINGS_DOC: list[tuple[str, str, str]] = [
+    ("DATABASE_URL", DEFAULT_DATABASE_URL, "sqlite:///PATH or postgresql://USER@HOST:PORT/DB"),
+    ("HOST", "127.0.0.1", "interface to listen on (--host)"),
+    ("PORT", "8000", "TCP port (--port)"),
+    ("WORKERS", "1", "uvicorn worker processes (--workers)"),
+    ("LOG_LEVEL", "info", "debug, info, warning, error"),
+    ("LOG_FORMAT", "text", "text (one readable line a request) or json (one JSON object a line)"),
+    ("MAX_BODY_BYTES", "1048576", "largest request body; larger ones get 413 before they are read"),
+    ("DB_POOL_MIN", "2", "connections opened at start-up"),
+    ("DB_POOL_MAX", "10", "most connections open at once"),
+    ("SQLITE_BUSY_TIMEOUT_MS", "5000", "how long SQLite waits for another process's write lock"),
+]
+
+
+def _integer(name: str, low: int, high: int) -> Callable[[str], int]:
+    def cast(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+        return value
+
+    return cast
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def cast(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        return value
+
+    return cast
+
+
+def _database_url(raw: str) -> str:
+    value = raw.strip()
+    if value.startswith("postgres://"):
+        value = "postgresql://" + value.removeprefix("postgres://")
+    if value.startswith("sqlite:///") and len(value) > len("sqlite:///"):
+        return value
+    if value.startswith("postgresql://"):
+        return value
+    raise SettingsError(
+        f"DATABASE_URL must start with sqlite:/// (and name a file) or postgresql://, got {raw!r}"
+    )
+
+
+def _read(config: Config, name: str, cast: Callable[[str], T], default: str) -> T:
+    # Config casts defaults too; wrap so a bad value in any source gives the same one-line error.
+    raw = config(name, default=default)
+    return cast(str(raw))
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+    """Read and check every setting; raise SettingsError with one clear line on the first bad one."""
+    env = dict(os.environ if environ is None else environ)
+    use_file = env_file if env_file is not None and Path(env_file).is_file() else None
+    config = Config(use_file, environ=env)
+    settings = Settings(
+        database_url=_read(config, "DATABASE_URL", _database_url, DEFAULT_DATABASE_URL),
+        host=_read(config, "HOST", str.strip, "127.0.0.1"),
+        port=_read(config, "PORT", _integer("PORT", 1, 65535), "8000"),
+        workers=_read(config, "WORKERS", _integer("WORKERS", 1, 64), "1"),
+        log_level=_read(
+            config, "LOG_LEVEL", _choice("LOG_LEVEL", ("debug", "info", "warning", "error")), "info"
+        ),
+        log_format=_read(config, "LOG_FORMAT", _choice("LOG_FORMAT", ("text", "json")), "text"),
+        max_body_bytes=_read(config, "MAX_BODY_BYTES", _integer("MAX_BODY_BYTES", 1024, 1 << 30), "1048576"),
+        db_pool_min=_read(config, "DB_POOL_MIN", _integer("DB_POOL_MIN", 1, 1000), "2"),
+        db_pool_max=_read(config, "DB_POOL_MAX", _integer("DB_POOL_MAX", 1, 1000), "10"),
+        sqlite_busy_timeout_ms=_read(
+            config, "SQLITE_BUSY_TIMEOUT_MS", _integer("SQLITE_BUSY_TIMEOUT_MS", 0, 600_000), "5000"
+        ),
+    )
+    if settings.db_pool_min > settings.db_pool_max:
+        low, high = settings.db_pool_min, settings.db_pool_max
+        raise SettingsError(f"DB_POOL_MIN ({low}) must not be larger than DB_POOL_MAX ({high})")
+    return settings

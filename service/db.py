@@ -1,0 +1,119 @@
+"""The database: the async `databases` connection the routes use, and the one-time schema set-up."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import databases
+from sqlalchemy import create_engine, text
+
+from service.config import Settings
+from service.queries import Queries, load_queries
+from service.sqlite_backend import SQLiteBackend, sqlite_path
+from service.tables import metadata
+
+# Any constant will do; it only has to be the same in every worker of every version.
+SCHEMA_LOCK_KEY = 7_311_202_611
+PING_TIMEOUT_SECONDS = 2.0
+
+
+class Database(databases.Database):
+    """`databases.Database` with our two backends and this dialect's named statements as `.sql`."""
+
+    SUPPORTED_BACKENDS = {  # noqa: RUF012 - databases declares it a plain class attribute
+        "sqlite": "service.sqlite_backend:SQLiteBackend",
+        "postgresql": "service.postgres_backend:PostgresBackend",
+    }
+
+    def __init__(self, url: str, queries: Queries | None = None, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+        self.sql = queries or load_queries(self.dialect)
+
+    def pool_stats(self) -> tuple[int, int]:
+        """(connections open, connections in use) right now."""
+        if isinstance(self._backend, SQLiteBackend):
+            return self._backend.pool.size, self._backend.pool.in_use
+        pool = getattr(self._backend, "pool", None)
+        if pool is None:
+            return 0, 0
+        size = pool.get_size()
+        return size, size - pool.get_idle_size()
+
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query within PING_TIMEOUT_SECONDS."""
+        async with asyncio.timeout(PING_TIMEOUT_SECONDS):
+            await self.fetch_one(self.sql.ping, {})
+
+
+def open_database(settings: Settings) -> Database:
+    options: dict[str, Any] = {"min_size": settings.db_pool_min, "max_size": settings.db_pool_max}
+    if settings.is_sqlite:
+        options["busy_timeout_ms"] = settings.sqlite_busy_timeout_ms
+    return Database(settings.database_url, **options)
+
+
+def create_schema(database_url: str) -> None:
+    """Create whatever tables and indexes are missing. Safe when several workers start at once."""
+    if database_url.startswith("sqlite"):
+        _create_sqlite_schema(sqlite_path(database_url))
+    else:
+        _create_postgres_schema(database_url)
+
+
+def _create_sqlite_schema(path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+            # The write lock, taken before the existence checks, makes workers create tables one at a time.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            metadata.create_all(conn)
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def _create_postgres_schema(database_url: str) -> None:
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as conn:
+            # PostgreSQL DDL is transactional; the advisory lock serialises workers until commit.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            metadata.create_all(conn)
+    finally:
+        engine.dispose()
+
+
+_UNAVAILABLE_POSTGRES = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """True when the failure is the database being out of reach or too busy, not a bug: a 503."""
+    if isinstance(exc, (OSError, TimeoutError, *_UNAVAILABLE_POSTGRES)):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "unable to open" in str(exc)
+    return False
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return True
+    return isinstance(exc, sqlite3.IntegrityError) and getattr(exc, "sqlite_errorname", "") in (
+        "SQLITE_CONSTRAINT_UNIQUE",
+        "SQLITE_CONSTRAINT_PRIMARYKEY",
+    )

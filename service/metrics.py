@@ -1,0 +1,57 @@
+"""Prometheus metrics: requests by route template, method and status; latency; the database pool.
+
+With several workers, set PROMETHEUS_MULTIPROC_DIR (`python -m service --workers N` does) and every
+worker's numbers are summed at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+REQUESTS = Counter(
+    "http_requests_total",
+    "HTTP requests answered, by route template, method and status.",
+    ["route", "method", "status"],
+)
+LATENCY = Histogram(
+    "http_request_duration_seconds",
+    "Time from request to the last byte of the response.",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+POOL_OPEN = Gauge("db_pool_connections_open", "Database connections open.", multiprocess_mode="livesum")
+POOL_IN_USE = Gauge(
+    "db_pool_connections_in_use",
+    "Database connections lent to a request right now.",
+    multiprocess_mode="livesum",
+)
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    REQUESTS.labels(route, method, str(status)).inc()
+    LATENCY.labels(route, method).observe(seconds)
+
+
+def observe_pool(open_connections: int, in_use: int) -> None:
+    POOL_OPEN.set(open_connections)
+    POOL_IN_USE.set(in_use)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text a scrape gets, and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

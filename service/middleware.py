@@ -1,0 +1,134 @@
+"""The one middleware on every request, written as plain ASGI (no per-request task or body copy).
+
+It gives the request its id, refuses oversized bodies before they are read, turns any exception
+that escaped the routes into a problem+json 500 (or 503 when the database is out of reach), and
+writes the access log line and the request metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from time import perf_counter
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.db import is_database_unavailable
+from service.errors import Problem, problem_response
+from service.metrics import observe_request
+
+access_log = logging.getLogger("service.access")
+error_log = logging.getLogger("service.errors")
+
+# A caller's id is echoed back only if it is short and plain: no header or log injection.
+_SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class BodyTooLarge(Problem):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"The request body is larger than the limit of {limit} bytes.")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = perf_counter()
+        caller_id = _header(scope, b"x-request-id")
+        request_id = (
+            caller_id.decode() if caller_id and _SANE_REQUEST_ID.match(caller_id) else uuid.uuid4().hex
+        )
+        scope.setdefault("state", {})["request_id"] = request_id
+        id_header = (b"x-request-id", request_id.encode())
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        limit = self.max_body_bytes
+        received = 0
+
+        async def receive_within_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        try:
+            declared = _header(scope, b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                # Answer from the header alone: the body is never read.
+                await problem_response(scope, 413, BodyTooLarge(limit).detail)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive_within_limit, send_with_id)
+        except Problem as exc:
+            # Raised outside a route (the body limit while another layer read the body).
+            status = exc.status
+            if not response_started:
+                await problem_response(scope, exc.status, exc.detail)(scope, receive, send_with_id)
+        except Exception as exc:
+            unavailable = is_database_unavailable(exc)
+            if unavailable:
+                error_log.warning(
+                    "database unavailable: %s", exc.__class__.__name__, extra={"request_id": request_id}
+                )
+            else:
+                error_log.exception("unhandled error", extra={"request_id": request_id})
+            if not response_started:
+                await self._answer_failure(scope, receive, send_with_id, unavailable)
+        finally:
+            self._record(scope, status, perf_counter() - started, request_id)
+
+    @staticmethod
+    async def _answer_failure(scope: Scope, receive: Receive, send: Send, unavailable: bool) -> None:
+        # Never a stack trace or SQL in the body; the log line above has the details and the request id.
+        if unavailable:
+            response = problem_response(
+                scope, 503, "The database is unavailable; try again shortly.", headers={"Retry-After": "1"}
+            )
+        else:
+            response = problem_response(scope, 500, "An unexpected error occurred; it has been logged.")
+        await response(scope, receive, send)
+
+    @staticmethod
+    def _record(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+        route = scope.get("route_path", "unmatched")
+        method = scope["method"]
+        observe_request(route, method, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %s",
+                method,
+                scope["path"],
+                status,
+                extra={
+                    "request_id": request_id,
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(seconds * 1000, 2),
+                },
+            )

@@ -1,0 +1,40 @@
+"""Health, readiness and metrics: what an orchestrator and a scraper call."""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.auth import database
+from service.db import is_database_unavailable
+from service.errors import Problem
+from service.metrics import exposition, observe_pool
+from service.responses import JSONResponse
+
+log = logging.getLogger("service.operations")
+
+
+async def health(request: Request) -> Response:
+    """200 while the process serves; touches no database."""
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    """200 when the database answers, 503 while it does not (and 200 again once it is back)."""
+    try:
+        await database(request).ping()
+    except Exception as exc:
+        if not is_database_unavailable(exc):
+            raise
+        log.warning("not ready: database unavailable (%s)", exc.__class__.__name__)
+        raise Problem(503, "The database is not answering.", headers={"Retry-After": "1"}) from None
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition."""
+    observe_pool(*database(request).pool_stats())
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)

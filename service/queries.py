@@ -1,0 +1,162 @@
+"""Named SQL statements, loaded from `sql/` once at start-up and compiled for one dialect.
+
+Files use the aiosql layout: `-- name: upsert_customer` above each statement, comment lines under it
+as its docstring, parameters written `:email`. `sql/<domain>.sql` holds what both databases accept;
+`sql/<domain>.<dialect>.sql` overrides a name (or adds one) where the dialects truly differ.
+
+Compiling here, once, spares every request SQLAlchemy's `text()` parse and compile.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.sql import ClauseElement
+
+DIALECTS = ("sqlite", "postgresql")
+
+_NAME_LINE = re.compile(r"^--\s*name:\s*([A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
+# String literals, quoted identifiers and comments pass through untouched; `::` is a PostgreSQL cast.
+_TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|::|:([A-Za-z_][A-Za-z0-9_]*)""")
+
+
+class Statement(ClauseElement):
+    """One named statement, compiled for one dialect. `values()` binds it, as `databases` expects."""
+
+    __visit_name__ = "named_statement"
+    inherit_cache = False
+
+    def __init__(self, name: str, doc: str, source: str, dialect: str) -> None:
+        self.name = name
+        self.doc = doc
+        self.source = source
+        self.dialect = dialect
+        self.parameters, self.sql = _compile(source, dialect)
+
+    def values(self, **values: Any) -> BoundStatement:
+        missing = [name for name in self.parameters if name not in values]
+        if missing:
+            raise KeyError(f"statement {self.name} needs :{', :'.join(missing)}")
+        if self.dialect == "postgresql":
+            return BoundStatement(self, [values[name] for name in self.parameters])
+        return BoundStatement(self, {name: values[name] for name in self.parameters})
+
+    def __repr__(self) -> str:
+        return f"<Statement {self.name} ({self.dialect})>"
+
+
+class BoundStatement(ClauseElement):
+    """A statement with its arguments: a list for asyncpg's $n, a dict for sqlite3's :name."""
+
+    __visit_name__ = "bound_named_statement"
+    inherit_cache = False
+
+    def __init__(self, statement: Statement, arguments: list[Any] | dict[str, Any]) -> None:
+        self.statement = statement
+        self.arguments = arguments
+
+
+def bound(query: ClauseElement) -> BoundStatement | None:
+    """A named statement ready to send, or None for anything else (a plain string's TextClause).
+
+    `databases` binds only when it is given values, so a statement without parameters arrives unbound.
+    """
+    if isinstance(query, BoundStatement):
+        return query
+    if isinstance(query, Statement):
+        return query.values()
+    return None
+
+
+def _compile(source: str, dialect: str) -> tuple[tuple[str, ...], str]:
+    names: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None:
+            return match.group(0)
+        if name not in names:
+            names.append(name)
+        if dialect == "postgresql":
+            return f"${names.index(name) + 1}"
+        return f":{name}"
+
+    compiled = _TOKENS.sub(replace, source)
+    return tuple(names), compiled
+
+
+@dataclass(frozen=True)
+class _Source:
+    name: str
+    doc: str
+    sql: str
+
+
+def parse_statements(text: str) -> Iterator[_Source]:
+    """Split one .sql file into its named statements."""
+    marks = list(_NAME_LINE.finditer(text))
+    for index, mark in enumerate(marks):
+        end = marks[index + 1].start() if index + 1 < len(marks) else len(text)
+        body = text[mark.end() : end].strip("\n")
+        doc_lines: list[str] = []
+        sql_lines: list[str] = []
+        for line in body.splitlines():
+            if not sql_lines and line.lstrip().startswith("--"):
+                doc_lines.append(line.lstrip()[2:].strip())
+            else:
+                sql_lines.append(line)
+        sql = "\n".join(sql_lines).strip().rstrip(";").strip()
+        if not sql:
+            raise ValueError(f"statement {mark.group(1)} has no SQL")
+        yield _Source(mark.group(1), " ".join(doc_lines), sql)
+
+
+class Queries:
+    """Every named statement for one dialect, reachable as attributes: `queries.upsert_customer`."""
+
+    def __init__(self, statements: Mapping[str, Statement]) -> None:
+        self._statements = dict(statements)
+
+    def __getattr__(self, name: str) -> Statement:
+        try:
+            return self._statements[name]
+        except KeyError:
+            raise AttributeError(f"no SQL statement named {name!r} in sql/") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._statements
+
+    def __iter__(self) -> Iterator[Statement]:
+        return iter(self._statements.values())
+
+
+def sql_directory() -> Path:
+    """`sql/` beside the package in a checkout; `service/sql/` once installed from a wheel."""
+    checkout = Path(__file__).resolve().parent.parent / "sql"
+    if checkout.is_dir():
+        return checkout
+    return Path(str(resources.files("service") / "sql"))
+
+
+def load_queries(dialect: str, directory: Path | None = None) -> Queries:
+    """Load sql/*.sql for `dialect`: shared files first, then that dialect's overrides."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"unknown dialect {dialect!r}")
+    folder = directory or sql_directory()
+    statements: dict[str, Statement] = {}
+    files = sorted(folder.glob("*.sql"))
+    shared = [path for path in files if path.suffixes == [".sql"]]
+    overrides = [path for path in files if path.suffixes == [f".{dialect}", ".sql"]]
+    for path in shared + overrides:
+        seen_here: set[str] = set()
+        for source in parse_statements(path.read_text(encoding="utf-8")):
+            if source.name in seen_here:
+                raise ValueError(f"{path.name}: statement {source.name} is defined twice")
+            seen_here.add(source.name)
+            statements[source.name] = Statement(source.name, source.doc, source.sql, dialect)
+    return Queries(statements)

@@ -1,0 +1,28 @@
+"""One timestamp format on every backend: ISO 8601, UTC, microseconds, a trailing Z."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_text(moment: datetime) -> str:
+    """The wire format, and what SQLite stores: `2026-11-22T10:00:00.123456Z`."""
+    return moment.astimezone(UTC).strftime(_FORMAT)
+
+
+def from_database(value: datetime | str | None) -> str | None:
+    """A timestamp as a row holds it (datetime from PostgreSQL, stored text from SQLite) -> wire text."""
+    if value is None or isinstance(value, str):
+        return value
+    return to_text(value)
+
+
+def from_text(value: str) -> datetime:
+    """Parse the stored/wire text back into an aware datetime."""
+    return datetime.strptime(value, _FORMAT).replace(tzinfo=UTC)

@@ -1,0 +1,157 @@
+"""Fixtures: every database test runs once on SQLite and once on PostgreSQL.
+
+PostgreSQL comes from TEST_DATABASE_URL (a server the tests may create databases on). Each run
+creates its own database and drops it at the end; each test starts with empty tables. Without
+TEST_DATABASE_URL the PostgreSQL half skips with the reason; with REQUIRE_POSTGRES=1 (CI) it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import httpx2 as httpx
+import psycopg
+import pytest
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings, load_settings
+from service.tables import metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ("sqlite", "postgresql")
+
+
+def _postgres_admin_url() -> str | None:
+    return os.environ.get("TEST_DATABASE_URL") or None
+
+
+def _postgres_unavailable_reason() -> str | None:
+    url = _postgres_admin_url()
+    if url is None:
+        return "PostgreSQL tests need TEST_DATABASE_URL (e.g. postgresql://postgres@127.0.0.1:5432/test)"
+    try:
+        with psycopg.connect(url, connect_timeout=3):
+            return None
+    except psycopg.Error as exc:
+        return f"PostgreSQL at TEST_DATABASE_URL is not reachable: {exc.__class__.__name__}"
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run; its URL."""
+    reason = _postgres_unavailable_reason()
+    if reason is not None:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    admin_url = _postgres_admin_url()
+    assert admin_url is not None
+    name = f"pfs_test_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def empty_postgres(url: str) -> None:
+    tables = ", ".join(table.name for table in metadata.sorted_tables)
+    with psycopg.connect(url, autocommit=True) as conn:
+        exists = conn.execute("SELECT to_regclass('api_keys') IS NOT NULL").fetchone()
+        if exists and exists[0]:
+            conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of the test's backend."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'service.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return replace(load_settings(environ={}, env_file=None), database_url=database_url)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The app on the test's database, lifespan run (schema created, pool open)."""
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def service_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PROMETHEUS_")}
+    env.update({"DATABASE_URL": database_url, "LOG_LEVEL": "warning", **extra})
+    return env
+
+
+@contextmanager
+def running_service(
+    args: list[str], env: dict[str, str], port: int, cwd: Path = ROOT, timeout: float = 30.0
+) -> Iterator[str]:
+    """Start `python -m service` (or `args`) on `port`; yield its base URL once /health answers."""
+    process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                output = process.stdout.read().decode() if process.stdout else ""
+                raise AssertionError(f"service exited with {process.returncode}:\n{output}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("service did not answer /health in time")
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def live_service(database_url: str) -> Callable[..., Iterator[str]]:
+    """Start the real service with uvicorn on the test's database: `with live_service(workers=2) as url:`."""
+
+    @contextmanager
+    def start(workers: int = 1, **env: str) -> Iterator[str]:
+        port = free_port()
+        args = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(workers)]
+        with running_service(args, service_env(database_url, **env), port) as base:
+            yield base
+
+    return start

@@ -1,0 +1,118 @@
+"""API keys: made, listed and revoked from the command line; a route can require one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.testclient import TestClient
+
+from service.__main__ import main
+from service.app import create_app, route
+from service.auth import Caller, requires_api_key
+from service.config import Settings
+from service.responses import JSONResponse
+
+CLI = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def apikey_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], database_url: str) -> CLI:
+    """`apikey_cli("create", "billing")` runs `python -m service apikey ...` on the test's database."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(["apikey", *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+@requires_api_key
+async def whoami(request: Request, caller: Caller) -> Response:
+    return JSONResponse({"captured_by": caller.captured_by})
+
+
+@pytest.fixture
+def keyed_app(settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings)
+    app.router.routes.append(route("/probe/whoami", whoami))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def stored_text(database_url: str) -> str:
+    """Everything the api_keys table holds, as one string."""
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(database_url.split(":///", 1)[1]) as conn:
+            rows = conn.execute("SELECT * FROM api_keys").fetchall()
+    else:
+        with psycopg.connect(database_url) as conn:
+            rows = conn.execute("SELECT * FROM api_keys").fetchall()
+    return repr(rows)
+
+
+def test_create_prints_the_key_once_and_stores_only_its_hash(apikey_cli: CLI, database_url: str) -> None:
+    code, out, err = apikey_cli("create", "billing")
+    assert code == 0
+    key = out.strip()
+    assert key.startswith("pfs_") and len(key) > 40
+    assert "shown only this once" in err
+    stored = stored_text(database_url)
+    assert "billing" in stored
+    assert key not in stored
+    assert key[10:] not in stored
+
+    code, out, _ = apikey_cli("list")
+    assert code == 0
+    assert "billing" in out and "live" in out
+    assert key not in out
+
+
+def test_a_live_key_lets_a_route_in_and_names_the_caller(apikey_cli: CLI, keyed_app: TestClient) -> None:
+    _, out, _ = apikey_cli("create", "billing")
+    response = keyed_app.get("/probe/whoami", headers={"X-API-Key": out.strip()})
+    assert response.status_code == 200
+    assert response.json() == {"captured_by": "api_key:billing"}
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "pfs_not-a-real-key"}, {"X-API-Key": ""}])
+def test_a_missing_or_unknown_key_is_401_with_www_authenticate(
+    keyed_app: TestClient, headers: dict[str, str]
+) -> None:
+    response = keyed_app.get("/probe/whoami", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_revoked_key_stops_working_at_once(apikey_cli: CLI, keyed_app: TestClient) -> None:
+    _, out, _ = apikey_cli("create", "billing")
+    key = out.strip()
+    assert keyed_app.get("/probe/whoami", headers={"X-API-Key": key}).status_code == 200
+
+    code, _, err = apikey_cli("revoke", "billing")
+    assert code == 0 and "revoked" in err
+    assert keyed_app.get("/probe/whoami", headers={"X-API-Key": key}).status_code == 401
+
+    _, out, _ = apikey_cli("list")
+    assert "revoked" in out
+
+
+def test_a_live_name_cannot_be_taken_twice_but_a_revoked_one_can(apikey_cli: CLI) -> None:
+    assert apikey_cli("create", "etl")[0] == 0
+    code, _, err = apikey_cli("create", "etl")
+    assert code == 1 and "exists" in err
+    assert apikey_cli("revoke", "etl")[0] == 0
+    assert apikey_cli("create", "etl")[0] == 0
+
+
+def test_revoking_an_unknown_name_says_so(apikey_cli: CLI) -> None:
+    code, _, err = apikey_cli("revoke", "nobody")
+    assert code == 1 and "no live key named 'nobody'" in err

@@ -1,0 +1,82 @@
+"""Settings come from the environment and .env; a bad one stops start-up with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.config import SETTINGS_DOC, SettingsError, load_settings
+from tests.conftest import ROOT
+
+
+def test_defaults_need_no_configuration() -> None:
+    settings = load_settings(environ={}, env_file=None)
+    assert settings.database_url == "sqlite:///./data/service.db"
+    assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.log_format == "text"
+
+
+def test_environment_overrides_dot_env_which_overrides_defaults(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=9001\nLOG_FORMAT=json\n")
+    settings = load_settings(environ={"PORT": "9002"}, env_file=env_file)
+    assert settings.port == 9002
+    assert settings.log_format == "json"
+
+
+def test_postgres_scheme_alias_is_accepted() -> None:
+    settings = load_settings(environ={"DATABASE_URL": "postgres://u@h/db"}, env_file=None)
+    assert settings.database_url == "postgresql://u@h/db"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("PORT", "eighty", "PORT must be a whole number, got 'eighty'"),
+        ("PORT", "70000", "PORT must be between 1 and 65535, got 70000"),
+        ("WORKERS", "0", "WORKERS must be between 1 and 64, got 0"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of text, json, got 'xml'"),
+        ("DATABASE_URL", "mysql://x/y", "DATABASE_URL must start with sqlite:/// (and name a file)"),
+        ("DB_POOL_MIN", "20", "DB_POOL_MIN (20) must not be larger than DB_POOL_MAX (10)"),
+    ],
+)
+def test_a_bad_setting_is_named_plainly(name: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        load_settings(environ={name: value}, env_file=None)
+    assert str(raised.value).startswith(message)
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name, default, _ in SETTINGS_DOC:
+        assert f"`{name}`" in readme, name
+        assert f"`{default}`" in readme, (name, default)
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "line"),
+    [
+        ({"PORT": "abc"}, [], "error: PORT must be a whole number, got 'abc'"),
+        ({}, ["--port", "0"], "error: --port must be between 1 and 65535, got 0"),
+        ({"DATABASE_URL": "oracle://db"}, [], "error: DATABASE_URL must start with sqlite:///"),
+    ],
+)
+def test_the_service_refuses_to_start_with_one_line_and_no_traceback(
+    env: dict[str, str], args: list[str], line: str, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(line)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,209 @@
+"""The schema set-up, the connections behind `databases`, and the named statements."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import psycopg
+import pytest
+from sqlalchemy import create_engine, inspect
+from starlette.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings, load_settings
+from service.db import create_schema, open_database
+from service.queries import load_queries, parse_statements, sql_directory
+from service.tables import metadata
+from service.timestamps import utc_now
+from tests.conftest import _postgres_admin_url
+
+
+@pytest.fixture
+def fresh_database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database with no tables at all (not even the ones earlier tests made)."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    request.getfixturevalue("postgres_database")  # skips or fails exactly as the shared database does
+    admin = _postgres_admin_url()
+    assert admin is not None
+    name = f"pfs_fresh_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{admin.rsplit('/', 1)[0]}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _create_schema_after(barrier: Any, url: str) -> None:
+    barrier.wait()
+    create_schema(url)
+
+
+def test_workers_starting_at_once_create_the_schema_once_without_crashing(fresh_database_url: str) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    barrier = spawn.Barrier(4)
+    workers = [
+        spawn.Process(target=_create_schema_after, args=(barrier, fresh_database_url)) for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert [worker.exitcode for worker in workers] == [0, 0, 0, 0]
+
+    sync_url = fresh_database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = create_engine(sync_url)
+    try:
+        assert set(inspect(engine).get_table_names()) == set(metadata.tables)
+    finally:
+        engine.dispose()
+
+
+def test_schema_creation_is_idempotent(fresh_database_url: str) -> None:
+    create_schema(fresh_database_url)
+    create_schema(fresh_database_url)
+
+
+def test_every_foreign_key_has_an_index() -> None:
+    for table in metadata.sorted_tables:
+        led_by = {tuple(col.name for col in index.columns)[:1] for index in table.indexes}
+        led_by |= {tuple(col.name for col in table.primary_key.columns)[:1]}
+        led_by |= {
+            tuple(col.name for col in constraint.columns)[:1]
+            for constraint in table.constraints
+            if constraint.__class__.__name__ == "UniqueConstraint"
+        }
+        for fk in table.foreign_key_constraints:
+            first = (fk.columns.values()[0].name,)
+            assert first in led_by, f"{table.name}.{first[0]} references another table but has no index"
+
+
+# Statements that list rows in an order; their ORDER BY must be served by an index, not a sort.
+SORTED_LISTS = ["list_api_keys"]
+
+
+@pytest.mark.parametrize("name", SORTED_LISTS)
+def test_sorted_lists_are_read_in_index_order(name: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    create_schema(url)
+    statement = getattr(load_queries("sqlite"), name)
+    with sqlite3.connect(tmp_path / "plan.db") as conn:
+        plan = conn.execute(
+            f"EXPLAIN QUERY PLAN {statement.sql}", dict.fromkeys(statement.parameters)
+        ).fetchall()
+    details = " | ".join(str(row[-1]) for row in plan)
+    assert "TEMP B-TREE FOR ORDER BY" not in details, details
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    return replace(load_settings(environ={}, env_file=None), database_url=f"sqlite:///{tmp_path / 'only.db'}")
+
+
+def test_sqlite_connections_are_set_up_once_and_kept(sqlite_settings: Settings) -> None:
+    settings = sqlite_settings
+    opened = 0
+    real_connect = aiosqlite.connect
+
+    def counting_connect(*args: Any, **kwargs: Any) -> Any:
+        nonlocal opened
+        opened += 1
+        return real_connect(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aiosqlite, "connect", counting_connect)
+        with TestClient(create_app(settings)) as client:
+            for _ in range(50):
+                assert client.get("/ready").status_code == 200
+    assert opened == settings.db_pool_min  # not one per request, as the stock backend does
+
+
+def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_settings: Settings) -> None:
+    settings = sqlite_settings
+
+    async def pragmas() -> tuple[Any, ...]:
+        create_schema(settings.database_url)
+        db = open_database(settings)
+        await db.connect()
+        try:
+            values = []
+            for name in ("journal_mode", "foreign_keys", "busy_timeout"):
+                row = await db.fetch_one(f"PRAGMA {name}")
+                assert row is not None
+                values.append(row[0])
+            return tuple(values)
+        finally:
+            await db.disconnect()
+
+    assert asyncio.run(pragmas()) == ("wal", 1, settings.sqlite_busy_timeout_ms)
+
+
+def test_concurrent_transactions_all_commit(settings: Settings) -> None:
+    """Forty writers at once: none is refused for a lock, none is lost."""
+
+    async def write_concurrently() -> int:
+        create_schema(settings.database_url)
+        db = open_database(replace(settings, db_pool_max=5))
+        await db.connect()
+
+        async def one(n: int) -> None:
+            async with db.transaction():
+                await db.execute(
+                    db.sql.create_api_key,
+                    {"name": f"k{n}", "key_hash": f"{n:064d}", "key_prefix": "p", "created_at": utc_now()},
+                )
+                await asyncio.sleep(0)  # hand the loop to the others mid-transaction
+
+        try:
+            await asyncio.gather(*(one(n) for n in range(40)))
+            return len(await db.fetch_all(db.sql.list_api_keys, {}))
+        finally:
+            await db.disconnect()
+
+    assert asyncio.run(write_concurrently()) == 40
+
+
+def test_a_failed_transaction_leaves_nothing_behind(settings: Settings) -> None:
+    async def fail_half_way() -> int:
+        create_schema(settings.database_url)
+        db = open_database(settings)
+        await db.connect()
+        row = {"name": "a", "key_hash": "h" * 64, "key_prefix": "p", "created_at": utc_now()}
+        try:
+            with pytest.raises(Exception):  # noqa: B017 - either driver's unique violation
+                async with db.transaction():
+                    await db.execute(db.sql.create_api_key, row)
+                    await db.execute(db.sql.create_api_key, {**row, "name": "b"})  # same hash
+            return len(await db.fetch_all(db.sql.list_api_keys, {}))
+        finally:
+            await db.disconnect()
+
+    assert asyncio.run(fail_half_way()) == 0
+
+
+def test_named_statements_compile_for_each_dialect() -> None:
+    sqlite = load_queries("sqlite").create_api_key
+    postgres = load_queries("postgresql").create_api_key
+    assert sqlite.parameters == postgres.parameters == ("name", "key_hash", "key_prefix", "created_at")
+    assert ":name" in sqlite.sql and "$1" in postgres.sql and ":name" not in postgres.sql
+
+
+def test_every_statement_has_a_docstring() -> None:
+    for path in sorted(sql_directory().glob("*.sql")):
+        for statement in parse_statements(path.read_text()):
+            assert statement.doc, f"{path.name}: {statement.name} needs a comment line saying what it does"
+
+
+def test_missing_parameters_are_named() -> None:
+    with pytest.raises(KeyError, match=":key_hash"):
+        load_queries("sqlite").find_live_api_key.values()
