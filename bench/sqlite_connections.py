@@ -1,0 +1,101 @@
+"""Before/after for the SQLite connection fix: the stock `databases` backend against the pooled one.
+
+Both serve the same trivial route (`SELECT 1` through `databases`) under uvicorn, one worker, and
+the same wrk load drives each in turn. Run from the repository root:
+
+    python bench/sqlite_connections.py --seconds 10 --connections 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def build_app(backend: str, url: str):  # type: ignore[no-untyped-def]
+    import contextlib
+
+    import databases
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from service.db import Database, create_schema
+    from service.responses import JSONResponse
+
+    create_schema(url)
+    db = databases.Database(url) if backend == "stock" else Database(url, min_size=2, max_size=10)
+
+    async def one(request):  # type: ignore[no-untyped-def]
+        row = await db.fetch_one("SELECT 1 AS one")
+        return JSONResponse({"one": row[0]})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):  # type: ignore[no-untyped-def]
+        await db.connect()
+        yield
+        await db.disconnect()
+
+    return Starlette(routes=[Route("/one", one)], lifespan=lifespan)
+
+
+def serve(backend: str, url: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(build_app(backend, url), port=port, loop="uvloop", http="httptools", log_level="warning")
+
+
+def measure(backend: str, seconds: int, connections: int, port: int) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as folder:
+        url = f"sqlite:///{folder}/bench.db"
+        server = subprocess.Popen([sys.executable, __file__, "serve", backend, url, str(port)])
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/one", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            out = subprocess.run(
+                ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/one"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        finally:
+            server.terminate()
+            server.wait()
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    if errors:
+        print(f"  {backend}: {errors.group(0)}")
+    return rate, int(bad.group(1)) if bad else 0
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        serve(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--port", type=int, default=8950)
+    args = parser.parse_args()
+    results = {name: measure(name, args.seconds, args.connections, args.port) for name in ("stock", "pooled")}
+    print(f"GET /one (SELECT 1 via databases), wrk -t1 -c{args.connections} -d{args.seconds}s, one worker")
+    for name, (rate, bad) in results.items():
+        print(f"  {name:7s} {rate:9.0f} req/s   non-2xx: {bad}")
+    print(f"  pooled / stock: {results['pooled'][0] / results['stock'][0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
