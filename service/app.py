@@ -16,10 +16,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from service import operations
+from service import customers, operations, purchases, reports
 from service.config import Settings, load_settings
 from service.db import create_schema, open_database
 from service.errors import EXCEPTION_HANDLERS
+from service.idempotency import purge_forever
 from service.logs import configure_logging
 from service.metrics import observe_pool
 from service.middleware import RequestContextMiddleware
@@ -48,6 +49,15 @@ def all_routes() -> list[BaseRoute]:
         route("/health", operations.health),
         route("/ready", operations.ready),
         route("/metrics", operations.metrics),
+        route("/purchases", purchases.create_purchase, methods=["POST"]),
+        route("/purchases", purchases.index_purchases),
+        route("/purchases/batch", purchases.create_purchase_batch, methods=["POST"]),
+        route("/purchases/{id:int}", purchases.show_purchase),
+        route("/customers", customers.list_customers),
+        route("/customers/{id:int}", customers.show_customer),
+        route("/customers/{id:int}/purchases", purchases.customer_purchases),
+        route("/customers/{id:int}/summary", customers.show_customer_summary),
+        route("/reports/sales", reports.sales),
     ]
 
 
@@ -66,15 +76,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
         await asyncio.to_thread(create_schema, settings.database_url)
         db = open_database(settings)
         await db.connect()
-        refresher = None
+        chores = [asyncio.create_task(purge_forever(db))]
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            refresher = asyncio.create_task(_refresh_pool_gauges(db))
+            chores.append(asyncio.create_task(_refresh_pool_gauges(db)))
         log.info("serving on %s", db.dialect)
         try:
             yield {"db": db, "settings": settings}
         finally:
-            if refresher is not None:
-                refresher.cancel()
+            for chore in chores:
+                chore.cancel()
             await db.disconnect()
 
     return Starlette(

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
 from sqlalchemy.types import TypeEngine
 
 metadata = MetaData()
@@ -35,3 +48,53 @@ Index(
     sqlite_where=text("revoked_at IS NULL"),
 )
 Index("ix_api_keys_created", api_keys.c.created_at, api_keys.c.id)
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("id", Id, primary_key=True),
+    # Trimmed and lower-cased before it gets here: the one identity of a customer.
+    Column("email", String(254), nullable=False, unique=True),
+    Column("name", String(200), nullable=False),
+    # 1 when the row was inserted, +1 on every upsert that found it: tells "created" from "updated"
+    # exactly, whatever the clocks or the concurrency.
+    Column("revision", Integer, nullable=False, server_default=text("1")),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+)
+Index("ix_customers_created", customers.c.created_at, customers.c.id)
+
+purchases = Table(
+    "purchases",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("customer_id", Id, ForeignKey("customers.id", ondelete="CASCADE"), nullable=False),
+    Column("item", String(200), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    # Money is integer cents; the total is kept so reports sum a column instead of a product.
+    Column("unit_price_cents", BigInteger, nullable=False),
+    Column("total_cents", BigInteger, nullable=False),
+    Column("purchased_at", Timestamp, nullable=False),
+    Column("captured_by", String(120), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    CheckConstraint("quantity > 0", name="ck_purchases_quantity_positive"),
+    CheckConstraint("unit_price_cents >= 0", name="ck_purchases_price_not_negative"),
+)
+# Each list reads newest first from its own index: all purchases, one customer's, one item's.
+Index("ix_purchases_purchased", purchases.c.purchased_at, purchases.c.id)
+Index("ix_purchases_customer", purchases.c.customer_id, purchases.c.purchased_at, purchases.c.id)
+Index("ix_purchases_item", purchases.c.item, purchases.c.purchased_at, purchases.c.id)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    # Keys are scoped to the credential that sent them: two callers may pick the same key.
+    Column("caller", String(120), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status_code", Integer),
+    Column("response_body", Text),
+    Column("location", String(200)),
+    Column("created_at", Timestamp, nullable=False),
+)
+Index("ix_idempotency_keys_created", idempotency_keys.c.created_at)

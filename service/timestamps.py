@@ -6,6 +6,10 @@ from datetime import UTC, datetime
 
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
+# The open ends of a time range, so range statements need no NULL tests (which defeat indexes).
+EARLIEST = datetime(1, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)

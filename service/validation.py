@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from marshmallow import Schema, ValidationError
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from starlette.requests import Request
 
 from service.errors import Problem, ValidationProblem
 
 JSON_TYPES = ("application/json",)
+MAX_ID = 2**63 - 1  # ids are 64-bit: a larger one names nothing
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
 
 def is_json(content_type: str) -> bool:
@@ -29,7 +38,13 @@ async def read_json(request: Request) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise Problem(400, f"The body is not valid JSON: {exc}.") from None
+        fast_error = exc
+    # orjson refuses integers beyond 64 bits; they are valid JSON, and the field that holds one
+    # deserves a 422 naming it, so parse those bodies again with the standard library.
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError):
+        raise Problem(400, f"The body is not valid JSON: {fast_error}.") from None
 
 
 def flatten_errors(messages: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -57,3 +72,74 @@ def load(schema: Schema, data: Any) -> Any:
 
 async def read_valid_json(request: Request, schema: Schema) -> Any:
     return load(schema, await read_json(request))
+
+
+class Text(fields.String):
+    """A trimmed string of `min`..`max` characters with no control characters.
+
+    PostgreSQL refuses NUL in text and both databases refuse lone surrogates; catching them here
+    makes them a 422 naming the field rather than a database error.
+    """
+
+    def __init__(self, *, min: int = 1, max: int, **kwargs: Any) -> None:
+        super().__init__(validate=validate.Length(min=min, max=max), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        if _CONTROL.search(text):
+            raise ValidationError("Must not contain control characters.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError("Not valid Unicode text.") from None
+        return text
+
+
+class NormalizedEmail(fields.Email):
+    """An email address, trimmed and lower-cased before it is checked: the customer's identity."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=validate.Length(max=254), **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if not isinstance(value, str):
+            raise self.make_error("invalid")
+        return str(super()._deserialize(value.strip().lower(), attr, data, **kwargs))
+
+
+class WholeNumber(fields.Integer):
+    """A JSON integer: not a string, not a fraction, not true/false."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(strict=True, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        return int(super()._deserialize(value, attr, data, **kwargs))
+
+
+class UtcDateTime(fields.AwareDateTime):
+    """An ISO 8601 timestamp that names its offset; converted to UTC."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str):
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE)
+        moment: datetime = super()._deserialize(value, attr, data, **kwargs)
+        return moment.astimezone(UTC)
+
+
+def load_query(schema: Schema, request: Request) -> Any:
+    """Validate the query string; parameters the schema does not name are ignored."""
+    try:
+        return schema.load(dict(request.query_params), unknown=EXCLUDE)
+    except ValidationError as exc:
+        raise ValidationProblem(flatten_errors(exc.messages), "The query has invalid parameters.") from None
+
+
+def path_id(request: Request, name: str = "id") -> int:
+    """A numeric id from the path; one no row could have is simply not found."""
+    value = int(request.path_params[name])
+    if not 0 < value <= MAX_ID:
+        raise Problem(404, "No resource at this address.")
+    return value

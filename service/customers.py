@@ -1,0 +1,100 @@
+"""Customers: found by email, listed newest first, summarised in one aggregate query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.auth import Caller, database, requires_api_key
+from service.db import Database
+from service.errors import Problem
+from service.money import format_cents
+from service.pagination import Page, PageQuery
+from service.responses import JSONResponse
+from service.timestamps import from_database
+from service.validation import NormalizedEmail, load_query, path_id
+
+
+class CustomerQuery(PageQuery):
+    email = NormalizedEmail(load_default=None)
+
+
+def customer_json(row: Any, prefix: str = "") -> dict[str, Any]:
+    """A customer from a row; `prefix` reads the customer_* columns of a joined purchase row."""
+    return {
+        "id": row[f"{prefix}id"],
+        "email": row[f"{prefix}email"],
+        "name": row[f"{prefix}name"],
+        "created_at": from_database(row[f"{prefix}created_at"]),
+        "updated_at": from_database(row[f"{prefix}updated_at"]),
+    }
+
+
+async def get_customer(db: Database, customer_id: int) -> Any | None:
+    return await db.fetch_one(db.sql.get_customer, {"id": customer_id})
+
+
+async def require_customer(db: Database, customer_id: int) -> Any:
+    row = await get_customer(db, customer_id)
+    if row is None:
+        raise Problem(404, f"There is no customer {customer_id}.")
+    return row
+
+
+async def customer_summary(db: Database, customer_id: int) -> dict[str, Any] | None:
+    """Totals and top five items, from one statement; None when there is no such customer."""
+    rows = await db.fetch_all(db.sql.customer_summary, {"customer_id": customer_id})
+    if not rows:
+        return None
+    first = rows[0]
+    return {
+        "customer_id": first["customer_id"],
+        "purchase_count": int(first["purchase_count"]),
+        "total_quantity": int(first["total_quantity"]),
+        "total_spent": format_cents(int(first["total_spent_cents"])),
+        "first_purchase_at": from_database(first["first_purchase_at"]),
+        "last_purchase_at": from_database(first["last_purchase_at"]),
+        "top_items": [
+            {
+                "item": row["item"],
+                "quantity": int(row["quantity"]),
+                "spent": format_cents(int(row["spent_cents"])),
+            }
+            for row in rows
+            if row["item"] is not None
+        ],
+    }
+
+
+_customer_query = CustomerQuery()
+
+
+@requires_api_key
+async def list_customers(request: Request, caller: Caller) -> Response:
+    """Customers, newest first; `?email=` finds the one with that address."""
+    query = load_query(_customer_query, request)
+    db = database(request)
+    if query["email"] is not None:
+        row = await db.fetch_one(db.sql.find_customer_by_email, {"email": query["email"]})
+        return JSONResponse({"items": [customer_json(row)] if row else [], "next_cursor": None})
+    page = Page.from_query(query)
+    rows = await db.fetch_all(db.sql.list_customers, page.values())
+    return JSONResponse(page.respond(rows, customer_json))
+
+
+@requires_api_key
+async def show_customer(request: Request, caller: Caller) -> Response:
+    """One customer."""
+    return JSONResponse(customer_json(await require_customer(database(request), path_id(request))))
+
+
+@requires_api_key
+async def show_customer_summary(request: Request, caller: Caller) -> Response:
+    """One customer's purchase count, totals, first and last purchase, and top five items by spend."""
+    customer_id = path_id(request)
+    summary = await customer_summary(database(request), customer_id)
+    if summary is None:
+        raise Problem(404, f"There is no customer {customer_id}.")
+    return JSONResponse(summary)

@@ -1,0 +1,51 @@
+"""Money: integer cents inside, a decimal string with two places outside."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from marshmallow import fields
+
+CURRENCY = "USD"
+# Prices are below 10^9 units; quantities at most 10^6: every total fits a 64-bit integer of cents.
+MAX_PRICE = Decimal(10) ** 9
+
+
+def format_cents(cents: int) -> str:
+    """1250 -> "12.50"."""
+    sign = "-" if cents < 0 else ""
+    whole, part = divmod(abs(int(cents)), 100)
+    return f"{sign}{whole}.{part:02d}"
+
+
+class Price(fields.Field[int]):
+    """A price from a JSON number or string: at least 0, below 10^9, at most two decimal places."""
+
+    default_error_messages = {  # noqa: RUF012 - marshmallow reads it as a class attribute
+        "invalid": 'Not a valid price: send a number or a decimal string such as "12.50".',
+        "negative": "Must not be negative.",
+        "too_large": "Must be less than 1000000000.",
+        "precision": "Must have at most two decimal places.",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise self.make_error("invalid")
+        try:
+            amount = Decimal(value.strip() if isinstance(value, str) else str(value))
+        except InvalidOperation:
+            raise self.make_error("invalid") from None
+        if not amount.is_finite():
+            raise self.make_error("invalid")
+        if amount < 0:
+            raise self.make_error("negative")
+        if amount >= MAX_PRICE:
+            raise self.make_error("too_large")
+        cents = amount * 100
+        if cents != cents.to_integral_value():
+            raise self.make_error("precision")
+        return int(cents)
+
+    def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else format_cents(value)

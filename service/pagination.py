@@ -1,0 +1,75 @@
+"""Keyset pagination: `?limit=` and an opaque `?cursor=` naming the last row of the previous page."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from marshmallow import Schema, fields, validate
+
+from service.timestamps import LATEST, from_database, from_text
+from service.validation import MAX_ID
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+class Cursor(fields.Field[tuple[datetime, int]]):
+    """base64url of `["<timestamp>", <id>]`: the sort key of the last row already seen."""
+
+    default_error_messages = {"invalid": "Not a valid cursor; pass next_cursor from the previous page."}  # noqa: RUF012
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[datetime, int]:
+        try:
+            padded = str(value) + "=" * (-len(str(value)) % 4)
+            moment, row_id = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+            if not isinstance(row_id, int) or isinstance(row_id, bool) or not 0 < row_id <= MAX_ID:
+                raise ValueError(row_id)
+            return from_text(moment), row_id
+        except (ValueError, TypeError, UnicodeEncodeError, binascii.Error, orjson.JSONDecodeError):
+            raise self.make_error("invalid") from None
+
+
+def encode_cursor(moment: datetime | str, row_id: int) -> str:
+    raw = orjson.dumps([from_database(moment), row_id])
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+class PageQuery(Schema):
+    """The query parameters every list takes."""
+
+    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1, max=MAX_LIMIT))
+    cursor = Cursor(load_default=None)
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int
+    before_at: datetime
+    before_id: int
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, Any]) -> Page:
+        # Page one starts "before" a key larger than any row's, so it needs no statement of its own.
+        after = query.get("cursor") or (LATEST, MAX_ID)
+        return cls(int(query["limit"]), after[0], after[1])
+
+    def values(self) -> dict[str, Any]:
+        """The parameters of a page statement; one row more than the page tells whether another follows."""
+        return {"limit": self.limit + 1, "before_at": self.before_at, "before_id": self.before_id}
+
+    def respond(
+        self, rows: Sequence[Any], shape: Callable[[Any], dict[str, Any]], sort_key: str = "created_at"
+    ) -> dict[str, Any]:
+        """`{"items": [...], "next_cursor": ...}` from up to limit + 1 rows."""
+        items = rows[: self.limit]
+        next_cursor = None
+        if len(rows) > self.limit:
+            last = items[-1]
+            next_cursor = encode_cursor(last[sort_key], last["id"])
+        return {"items": [shape(row) for row in items], "next_cursor": next_cursor}

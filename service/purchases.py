@@ -1,0 +1,260 @@
+"""Purchase capture: a customer found by email is updated, never inserted twice; batches; reads."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+from marshmallow import Schema, fields, validate
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.auth import Caller, database, requires_api_key
+from service.customers import customer_json, require_customer
+from service.db import Database
+from service.errors import Problem
+from service.idempotency import StoredResponse, idempotency_key, request_fingerprint, run_once
+from service.money import CURRENCY, Price, format_cents
+from service.pagination import Page, PageQuery
+from service.responses import JSONResponse
+from service.timestamps import EARLIEST, LATEST, from_database, to_text, utc_now
+from service.validation import (
+    MAX_ID,
+    NormalizedEmail,
+    Text,
+    UtcDateTime,
+    WholeNumber,
+    load,
+    load_query,
+    path_id,
+    read_json,
+)
+
+MAX_QUANTITY = 1_000_000
+MAX_BATCH = 1000
+
+
+class CustomerIn(Schema):
+    email = NormalizedEmail(required=True)
+    name = Text(max=200, required=True)
+
+
+class PurchaseIn(Schema):
+    customer = fields.Nested(CustomerIn, required=True)
+    item = Text(max=200, required=True)
+    quantity = WholeNumber(required=True, validate=validate.Range(min=1, max=MAX_QUANTITY))
+    unit_price = Price(required=True)
+    purchased_at = UtcDateTime(load_default=None)
+
+
+class BatchIn(Schema):
+    purchases = fields.List(
+        fields.Nested(PurchaseIn), required=True, validate=validate.Length(min=1, max=MAX_BATCH)
+    )
+
+
+class PurchaseQuery(PageQuery):
+    customer_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=MAX_ID))
+    item = Text(max=200, load_default=None)
+    since = UtcDateTime(load_default=None)
+    until = UtcDateTime(load_default=None)
+
+
+_purchase_in = PurchaseIn()
+_batch_in = BatchIn()
+_purchase_query = PurchaseQuery()
+
+
+def purchase_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A purchase as the API shows it; `customer_created` only when the row says (right after capture)."""
+    body: dict[str, Any] = {
+        "id": row["id"],
+        "customer": customer_json(row, prefix="customer_"),
+        "item": row["item"],
+        "quantity": row["quantity"],
+        "unit_price": format_cents(row["unit_price_cents"]),
+        "total": format_cents(row["total_cents"]),
+        "currency": CURRENCY,
+        "purchased_at": from_database(row["purchased_at"]),
+        "captured_by": row["captured_by"],
+    }
+    if "revision" in row:
+        body["customer_created"] = row["revision"] == 1
+    return body
+
+
+def _purchase_values(purchase: Mapping[str, Any], captured_by: str, now: datetime) -> dict[str, Any]:
+    cents = purchase["unit_price"]
+    return {
+        "item": purchase["item"],
+        "quantity": purchase["quantity"],
+        "unit_price_cents": cents,
+        "total_cents": cents * purchase["quantity"],
+        "purchased_at": purchase["purchased_at"] or now,
+        "captured_by": captured_by,
+        "now": now,
+    }
+
+
+async def record_purchase(db: Database, purchase: Mapping[str, Any], captured_by: str) -> dict[str, Any]:
+    """Upsert the customer by email and append the purchase, atomically; the stored row plus `revision`."""
+    now = utc_now()
+    customer = {"email": purchase["customer"]["email"], "name": purchase["customer"]["name"], "now": now}
+    values = _purchase_values(purchase, captured_by, now)
+    if "record_purchase" in db.sql:
+        # PostgreSQL: the upsert and the insert reach the server as one statement.
+        row = await db.fetch_one(db.sql.record_purchase, {**customer, **values})
+        assert row is not None
+        return dict(row)
+    async with db.transaction():
+        upserted = await db.fetch_one(db.sql.upsert_customer, customer)
+        assert upserted is not None
+        inserted = await db.fetch_one(db.sql.insert_purchase, {**values, "customer_id": upserted["id"]})
+        assert inserted is not None
+    return {
+        **values,
+        **{f"customer_{key}": upserted[key] for key in ("id", "email", "name", "created_at", "updated_at")},
+        "revision": upserted["revision"],
+        "id": inserted["id"],
+        "purchased_at": inserted["purchased_at"],
+    }
+
+
+async def record_batch(db: Database, purchases: list[Mapping[str, Any]], captured_by: str) -> dict[str, Any]:
+    """All purchases or none, in one transaction: one multi-row upsert, one multi-row insert."""
+    now = utc_now()
+    # One row per email for the upsert (it may not touch a row twice); the batch's last name wins.
+    names = {purchase["customer"]["email"]: purchase["customer"]["name"] for purchase in purchases}
+    customers = [{"email": email, "name": name} for email, name in names.items()]
+    async with db.transaction():
+        upserted = await db.fetch_all(
+            db.sql.upsert_customers, {"customers": orjson.dumps(customers).decode(), "now": now}
+        )
+        customer_ids = {row["email"]: row["id"] for row in upserted}
+        rows = []
+        for n, purchase in enumerate(purchases):
+            values = _purchase_values(purchase, captured_by, now)
+            rows.append(
+                {
+                    "n": n,
+                    "customer_id": customer_ids[purchase["customer"]["email"]],
+                    "item": values["item"],
+                    "quantity": values["quantity"],
+                    "unit_price_cents": values["unit_price_cents"],
+                    "total_cents": values["total_cents"],
+                    "purchased_at": to_text(values["purchased_at"]),
+                }
+            )
+        inserted = await db.fetch_all(
+            db.sql.insert_purchases,
+            {"purchases": orjson.dumps(rows).decode(), "captured_by": captured_by, "now": now},
+        )
+    created = sum(1 for row in upserted if row["revision"] == 1)
+    return {
+        "created": len(inserted),
+        "customers_created": created,
+        "customers_updated": len(upserted) - created,
+        # Ids are handed out in batch order within the one statement, so ascending is batch order.
+        "ids": sorted(row["id"] for row in inserted),
+    }
+
+
+async def get_purchase(db: Database, purchase_id: int) -> Any | None:
+    return await db.fetch_one(db.sql.get_purchase, {"id": purchase_id})
+
+
+async def list_purchases(db: Database, query: Mapping[str, Any], page: Page) -> list[Any]:
+    """A page of purchases, newest first, through the statement whose index fits the filters."""
+    values: dict[str, Any] = {
+        **page.values(),
+        "since": query["since"] or EARLIEST,
+        "until": query["until"] or LATEST,
+    }
+    customer_id, item = query.get("customer_id"), query.get("item")
+    if customer_id is not None and item is not None:
+        statement = db.sql.list_purchases_of_customer_and_item
+        values.update(customer_id=customer_id, item=item)
+    elif customer_id is not None:
+        statement = db.sql.list_purchases_of_customer
+        values.update(customer_id=customer_id)
+    elif item is not None:
+        statement = db.sql.list_purchases_of_item
+        values.update(item=item)
+    else:
+        statement = db.sql.list_purchases
+    return await db.fetch_all(statement, values)
+
+
+async def _respond_once(
+    request: Request, caller: Caller, body: Any, work: Callable[[], Awaitable[StoredResponse]]
+) -> Response:
+    """Run `work` (-> StoredResponse) once per Idempotency-Key, or just run it when there is none."""
+    key = idempotency_key(request)
+    if key is None:
+        return (await work()).to_response(replayed=False)
+    response, replayed = await run_once(
+        database(request), caller.captured_by, key, request_fingerprint(request, body), work
+    )
+    return response.to_response(replayed)
+
+
+@requires_api_key
+async def create_purchase(request: Request, caller: Caller) -> Response:
+    """Record a purchase; the customer (by email) is created or updated. Honours Idempotency-Key."""
+    body = await read_json(request)
+    purchase = load(_purchase_in, body)
+    db = database(request)
+
+    async def work() -> StoredResponse:
+        row = await record_purchase(db, purchase, caller.captured_by)
+        return StoredResponse(201, orjson.dumps(purchase_json(row)), f"/purchases/{row['id']}")
+
+    return await _respond_once(request, caller, body, work)
+
+
+@requires_api_key
+async def create_purchase_batch(request: Request, caller: Caller) -> Response:
+    """Record 1 to 1000 purchases, all or nothing. Honours Idempotency-Key."""
+    body = await read_json(request)
+    batch = load(_batch_in, body)
+    db = database(request)
+
+    async def work() -> StoredResponse:
+        result = await record_batch(db, batch["purchases"], caller.captured_by)
+        return StoredResponse(201, orjson.dumps(result), None)
+
+    return await _respond_once(request, caller, body, work)
+
+
+@requires_api_key
+async def show_purchase(request: Request, caller: Caller) -> Response:
+    """One purchase, with its customer as the customer is now."""
+    purchase_id = path_id(request)
+    row = await get_purchase(database(request), purchase_id)
+    if row is None:
+        raise Problem(404, f"There is no purchase {purchase_id}.")
+    return JSONResponse(purchase_json(row))
+
+
+@requires_api_key
+async def index_purchases(request: Request, caller: Caller) -> Response:
+    """Purchases newest first; filter by customer_id, item, and purchased_at in [since, until)."""
+    query = load_query(_purchase_query, request)
+    page = Page.from_query(query)
+    rows = await list_purchases(database(request), query, page)
+    return JSONResponse(page.respond(rows, purchase_json, sort_key="purchased_at"))
+
+
+@requires_api_key
+async def customer_purchases(request: Request, caller: Caller) -> Response:
+    """One customer's purchases, newest first (same filters as /purchases)."""
+    customer_id = path_id(request)
+    db = database(request)
+    query = {**load_query(_purchase_query, request), "customer_id": customer_id}
+    page = Page.from_query(query)
+    rows = await list_purchases(db, query, page)
+    if not rows:
+        await require_customer(db, customer_id)  # an empty page, or no such customer?
+    return JSONResponse(page.respond(rows, purchase_json, sort_key="purchased_at"))

@@ -1,0 +1,63 @@
+"""Sales reports: purchases, quantity and revenue grouped by item, customer or day."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.auth import Caller, database, requires_api_key
+from service.db import Database
+from service.money import format_cents
+from service.responses import JSONResponse
+from service.timestamps import EARLIEST, LATEST
+from service.validation import UtcDateTime, load_query
+
+GROUPINGS = ("item", "customer", "day")
+
+
+class SalesQuery(Schema):
+    group_by = fields.String(required=True, validate=validate.OneOf(GROUPINGS))
+    since = UtcDateTime(load_default=None)
+    until = UtcDateTime(load_default=None)
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+async def sales_report(
+    db: Database, group_by: str, since: datetime, until: datetime, limit: int
+) -> list[Any]:
+    statement = getattr(db.sql, f"sales_by_{group_by}")
+    return await db.fetch_all(statement, {"since": since, "until": until, "limit": limit})
+
+
+_sales_query = SalesQuery()
+
+
+@requires_api_key
+async def sales(request: Request, caller: Caller) -> Response:
+    """Totals per item, customer (email) or UTC day in [since, until); by revenue, or by day ascending."""
+    query = load_query(_sales_query, request)
+    rows = await sales_report(
+        database(request),
+        query["group_by"],
+        query["since"] or EARLIEST,
+        query["until"] or LATEST,
+        query["limit"],
+    )
+    return JSONResponse(
+        {
+            "group_by": query["group_by"],
+            "rows": [
+                {
+                    "key": row["key"],
+                    "purchases": int(row["purchases"]),
+                    "quantity": int(row["quantity"]),
+                    "revenue": format_cents(int(row["revenue_cents"])),
+                }
+                for row in rows
+            ],
+        }
+    )

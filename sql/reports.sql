@@ -1,0 +1,19 @@
+-- name: sales_by_item
+-- Purchases, quantity and revenue per item in [since, until), highest revenue first.
+SELECT item AS key, count(*) AS purchases, sum(quantity) AS quantity, sum(total_cents) AS revenue_cents
+FROM purchases
+WHERE purchased_at >= :since AND purchased_at < :until
+GROUP BY item
+ORDER BY revenue_cents DESC, key
+LIMIT :limit
+
+-- name: sales_by_customer
+-- Purchases, quantity and revenue per customer (keyed by email) in [since, until), highest revenue first.
+SELECT c.email AS key, count(*) AS purchases, sum(p.quantity) AS quantity,
+       sum(p.total_cents) AS revenue_cents
+FROM purchases p
+JOIN customers c ON c.id = p.customer_id
+WHERE p.purchased_at >= :since AND p.purchased_at < :until
+GROUP BY c.id, c.email
+ORDER BY revenue_cents DESC, key
+LIMIT :limit
