@@ -126,8 +126,9 @@ async def record_batch(db: Database, purchases: list[Mapping[str, Any]], capture
     """All purchases or none, in one transaction: one multi-row upsert, one multi-row insert."""
     now = utc_now()
     # One row per email for the upsert (it may not touch a row twice); the batch's last name wins.
+    # Sorted, so that concurrent batches lock shared customers in the same order and never deadlock.
     names = {purchase["customer"]["email"]: purchase["customer"]["name"] for purchase in purchases}
-    customers = [{"email": email, "name": name} for email, name in names.items()]
+    customers = [{"email": email, "name": names[email]} for email in sorted(names)]
     async with db.transaction():
         upserted = await db.fetch_all(
             db.sql.upsert_customers, {"customers": orjson.dumps(customers).decode(), "now": now}

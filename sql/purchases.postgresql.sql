@@ -24,10 +24,12 @@ FROM customer, purchase
 
 -- name: upsert_customers
 -- Insert or update every customer of a batch, given as a JSON array of {email, name} with no
--- email twice; one row back per customer, revision 1 for those inserted.
+-- email twice; one row back per customer, revision 1 for those inserted. Rows are locked in
+-- email order, so two batches sharing customers wait for each other instead of deadlocking.
 INSERT INTO customers (email, name, created_at, updated_at)
 SELECT r.email, r.name, :now::timestamptz, :now::timestamptz
 FROM json_to_recordset(:customers::json) AS r(email text, name text)
+ORDER BY r.email
 ON CONFLICT (email) DO UPDATE
 SET name = excluded.name,
     updated_at = GREATEST(customers.updated_at, excluded.updated_at),

@@ -109,7 +109,8 @@ def test_a_retry_with_the_same_key_returns_the_first_response_and_records_nothin
     # The same JSON with other spacing and key order is the same body.
     retry = authed.post(
         "/purchases",
-        content=b'{"item": "book", "quantity": 1,  "unit_price": "12.50", "purchased_at": "2026-11-22T10:00:00Z",'
+        content=b'{"item": "book", "quantity": 1,  "unit_price": "12.50",'
+        b' "purchased_at": "2026-11-22T10:00:00Z",'
         b' "customer": {"name": "Tim", "email": "Tim@Example.com"}}',
         headers={**headers, "content-type": "application/json"},
     )
