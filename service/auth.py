@@ -55,9 +55,11 @@ def requires_api_key(endpoint: Endpoint) -> Callable[[Request], Awaitable[Respon
 
     @functools.wraps(endpoint)
     async def checked(request: Request) -> Response:
-        caller = await api_key_caller(request)
-        if caller is None:
-            raise unauthorized("Send an API key in the X-API-Key header.")
-        return await endpoint(request, caller)
+        # One pooled connection serves the credential check and the route: one acquire, one release.
+        async with database(request).connection():
+            caller = await api_key_caller(request)
+            if caller is None:
+                raise unauthorized("Send an API key in the X-API-Key header.")
+            return await endpoint(request, caller)
 
     return checked

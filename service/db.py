@@ -12,8 +12,8 @@ import databases
 from sqlalchemy import create_engine, text
 
 from service.config import Settings
-from service.queries import Queries, load_queries
-from service.sqlite_backend import SQLiteBackend, sqlite_path
+from service.queries import Queries, Statement, load_queries
+from service.sqlite_backend import SQLiteBackend, SQLiteConnection, sqlite_path
 from service.tables import metadata
 
 # Any constant will do; it only has to be the same in every worker of every version.
@@ -43,6 +43,21 @@ class Database(databases.Database):
             return 0, 0
         size = pool.get_size()
         return size, size - pool.get_idle_size()
+
+    async def fetch_all_atomically(self, steps: list[tuple[Statement, dict[str, Any]]]) -> list[list[Any]]:
+        """Run named statements in one transaction (or inside the open one); each one's rows.
+
+        On SQLite the whole transaction is a single hop to the connection's thread instead of one
+        hop per statement plus BEGIN and COMMIT; elsewhere it is an ordinary transaction.
+        """
+        queries = [statement.values(**values) for statement, values in steps]
+        async with self.connection() as connection:
+            backend = connection._connection
+            if isinstance(backend, SQLiteConnection):
+                async with connection._query_lock:
+                    return await backend.fetch_all_atomically(queries, bool(connection._transaction_stack))
+            async with connection.transaction():
+                return [list(await connection.fetch_all(query)) for query in queries]
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query within PING_TIMEOUT_SECONDS."""

@@ -12,11 +12,14 @@ import re
 import uuid
 from time import perf_counter
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db import is_database_unavailable
 from service.errors import Problem, problem_response
 from service.metrics import observe_request
+
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first", for logs and metrics
 
 access_log = logging.getLogger("service.access")
 error_log = logging.getLogger("service.errors")
@@ -84,6 +87,9 @@ class RequestContextMiddleware:
                 await problem_response(scope, 413, BodyTooLarge(limit).detail)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_within_limit, send_with_id)
+        except ClientDisconnect:
+            # The caller hung up before its body arrived: nobody to answer, nothing went wrong here.
+            status = CLIENT_CLOSED_REQUEST
         except Problem as exc:
             # Raised outside a route (the body limit while another layer read the body).
             status = exc.status

@@ -15,6 +15,15 @@ from sqlalchemy.sql import ClauseElement
 from service.queries import bound
 
 
+async def _keep_session(connection: Any) -> None:
+    """Release without asyncpg's default reset (RESET ALL; UNLISTEN *; CLOSE ALL; unlock all).
+
+    That reset is a round trip on every release. The service never leaves session state behind -
+    no SET, LISTEN, session advisory locks or cursors outside a transaction - and asyncpg still
+    rolls back an open transaction before calling this, so there is nothing to reset.
+    """
+
+
 def _affected_rows(status: str) -> int:
     # asyncpg returns the command tag: "UPDATE 3", "INSERT 0 1", "DELETE 0".
     last = status.rsplit(" ", 1)[-1]
@@ -25,6 +34,7 @@ class PostgresBackend(StockPostgresBackend):
     def __init__(self, database_url: Any, **options: Any) -> None:
         options.pop("busy_timeout_ms", None)
         options.setdefault("server_settings", {"application_name": "purchase-feed-service"})
+        options.setdefault("reset", _keep_session)
         super().__init__(database_url, **options)
 
     @property

@@ -108,11 +108,9 @@ async def record_purchase(db: Database, purchase: Mapping[str, Any], captured_by
         row = await db.fetch_one(db.sql.record_purchase, {**customer, **values})
         assert row is not None
         return dict(row)
-    async with db.transaction():
-        upserted = await db.fetch_one(db.sql.upsert_customer, customer)
-        assert upserted is not None
-        inserted = await db.fetch_one(db.sql.insert_purchase, {**values, "customer_id": upserted["id"]})
-        assert inserted is not None
+    [upserted], [inserted] = await db.fetch_all_atomically(
+        [(db.sql.upsert_customer, customer), (db.sql.insert_purchase, {**values, "email": customer["email"]})]
+    )
     return {
         **values,
         **{f"customer_{key}": upserted[key] for key in ("id", "email", "name", "created_at", "updated_at")},

@@ -16,7 +16,7 @@ import asyncio
 import sqlite3
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -194,6 +194,30 @@ class SQLiteConnection(ConnectionBackend):
                 conn.execute(sql, arguments)
 
         await self._in_thread(run)
+
+    async def fetch_all_atomically(
+        self, queries: Sequence[ClauseElement], in_transaction: bool
+    ) -> list[list[Any]]:
+        """Run the statements as one transaction (or inside the open one) in a single thread hop."""
+        prepared = [self._prepare(query) for query in queries]
+
+        def run(conn: sqlite3.Connection) -> list[list[Any]]:
+            if in_transaction:
+                return [conn.execute(sql, arguments).fetchall() for sql, arguments in prepared]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = [conn.execute(sql, arguments).fetchall() for sql, arguments in prepared]
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return results
+
+        if in_transaction:
+            return await self._in_thread(run)
+        async with self._pool.write_lock:
+            return await self._in_thread(run)
 
     async def iterate(self, query: ClauseElement) -> AsyncGenerator[Any, None]:
         for row in await self.fetch_all(query):

@@ -11,10 +11,13 @@ SET name = excluded.name,
 RETURNING id, email, name, created_at, updated_at, revision
 
 -- name: insert_purchase
--- Append one purchase for a customer already upserted in this transaction.
+-- Append one purchase for the customer with this email, upserted earlier in the same transaction
+-- (found by email, so the two statements can be sent together).
 INSERT INTO purchases
     (customer_id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by, created_at)
-VALUES (:customer_id, :item, :quantity, :unit_price_cents, :total_cents, :purchased_at, :captured_by, :now)
+SELECT id, :item, :quantity, :unit_price_cents, :total_cents, :purchased_at, :captured_by, :now
+FROM customers
+WHERE email = :email
 RETURNING id, purchased_at
 
 -- name: get_purchase

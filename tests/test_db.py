@@ -207,3 +207,39 @@ def test_every_statement_has_a_docstring() -> None:
 def test_missing_parameters_are_named() -> None:
     with pytest.raises(KeyError, match=":key_hash"):
         load_queries("sqlite").find_live_api_key.values()
+
+
+def test_statements_run_atomically_commit_together_or_not_at_all(settings: Settings) -> None:
+    async def run() -> tuple[int, int]:
+        create_schema(settings.database_url)
+        db = open_database(settings)
+        await db.connect()
+        row = {"name": "a", "key_hash": "h" * 64, "key_prefix": "p", "created_at": utc_now()}
+        try:
+            done = await db.fetch_all_atomically(
+                [
+                    (db.sql.create_api_key, row),
+                    (db.sql.create_api_key, {**row, "name": "b", "key_hash": "i" * 64}),
+                ]
+            )
+            assert [[r["name"] for r in rows] for rows in done] == [["a"], ["b"]]
+            with pytest.raises(Exception):  # noqa: B017 - either driver's unique violation
+                await db.fetch_all_atomically(
+                    [
+                        (db.sql.create_api_key, {**row, "name": "c", "key_hash": "j" * 64}),
+                        (db.sql.create_api_key, row),
+                    ]
+                )
+            after_failure = len(await db.fetch_all(db.sql.list_api_keys, {}))
+            # Inside an open transaction they join it, and its rollback takes them back too.
+            with pytest.raises(RuntimeError):
+                async with db.transaction():
+                    await db.fetch_all_atomically(
+                        [(db.sql.create_api_key, {**row, "name": "d", "key_hash": "k" * 64})]
+                    )
+                    raise RuntimeError("abandon")
+            return after_failure, len(await db.fetch_all(db.sql.list_api_keys, {}))
+        finally:
+            await db.disconnect()
+
+    assert asyncio.run(run()) == (2, 2)

@@ -174,3 +174,42 @@ def test_an_insane_caller_request_id_is_replaced(probe: TestClient, bad_id: str)
     response = probe.get("/health", headers={"X-Request-ID": bad_id.encode()})
     assert response.headers["x-request-id"] != bad_id
     assert len(response.headers["x-request-id"]) == 32
+
+
+def test_a_client_that_hangs_up_mid_body_is_499_not_an_error(
+    probe: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import logging
+
+    from service.metrics import REQUESTS
+
+    app = probe.app
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/probe/echo",
+        "raw_path": b"/probe/echo",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json")],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("test", 1),
+        "root_path": "",
+        "state": {},
+    }
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    before = REQUESTS.labels("/probe/echo", "POST", "499")._value.get()
+    caplog.set_level(logging.INFO)
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent == []  # nobody is listening: nothing is sent
+    assert REQUESTS.labels("/probe/echo", "POST", "499")._value.get() == before + 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
