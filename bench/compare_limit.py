@@ -7,7 +7,8 @@ the rounds is reported, and the service's throughput as a ratio of the limit app
 
     python bench/compare_limit.py --database sqlite --database postgresql --scenario purchase
 
-Scenarios: purchase (POST /purchases with ../shared/bench/purchases.lua).
+Scenarios: purchase (POST /purchases with ../shared/bench/purchases.lua), compared with the limit
+app; batch (POST /purchases/batch, 1000 rows each, bench/batch.lua), the service alone, in rows/s.
 PostgreSQL: a fresh database is made on BENCH_POSTGRES_URL's server and dropped afterwards.
 """
 
@@ -31,7 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT_APP = ROOT.parent / "shared" / "bench" / "limit_app.py"
 PURCHASES_LUA = ROOT.parent / "shared" / "bench" / "purchases.lua"
-SCENARIOS = {"purchase": ("POST /purchases", [f"-s{PURCHASES_LUA}"], "/")}
+BATCH_LUA = ROOT / "bench" / "batch.lua"
+# name: (title, wrk arguments, path, rows a request writes, compared with the limit app?)
+SCENARIOS = {
+    "purchase": ("POST /purchases", [f"-s{PURCHASES_LUA}"], "/", 1, True),
+    "batch": ("POST /purchases/batch", [f"-s{BATCH_LUA}"], "/", 1000, False),
+}
 
 
 @dataclass
@@ -100,7 +106,7 @@ def database(kind: str) -> Iterator[str]:
 
 
 def compare(kind: str, scenario: str, seconds: int, connections: int, rounds: int) -> dict[str, object]:
-    title, wrk_args, path = SCENARIOS[scenario]
+    title, wrk_args, path, rows_per_request, compared = SCENARIOS[scenario]
     service_port, limit_port = 8911, 8912
     with database(kind) as url:
         env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "warning", "LIMIT_DB": url}
@@ -120,24 +126,25 @@ def compare(kind: str, scenario: str, seconds: int, connections: int, rounds: in
             server(service_args, env, f"http://127.0.0.1:{service_port}/health", ROOT),
             server(limit_args, env, f"http://127.0.0.1:{limit_port}/posts?limit=1", LIMIT_APP.parent),
         ):
-            targets = {"service": service_port, "limit": limit_port}
+            targets = {"service": service_port, "limit": limit_port} if compared else {"service": service_port}
             for name, port in targets.items():  # warm up: caches, prepared statements, first customers
                 wrk(f"http://127.0.0.1:{port}{path}", wrk_args, 2, connections, wrk_env)
             for _ in range(rounds):
                 for name, port in targets.items():
                     runs[name].append(wrk(f"http://127.0.0.1:{port}{path}", wrk_args, seconds, connections, wrk_env))
     service_rate = statistics.median(run.requests_per_second for run in runs["service"])
-    limit_rate = statistics.median(run.requests_per_second for run in runs["limit"])
+    limit_rate = statistics.median(run.requests_per_second for run in runs["limit"]) if compared else None
     return {
         "database": kind,
         "scenario": title,
-        "service_rps": round(service_rate),
-        "limit_rps": round(limit_rate),
-        "ratio": round(service_rate / limit_rate, 3),
+        "service_rps": round(service_rate, 1),
+        "rows_per_second": round(service_rate * rows_per_request),
+        "limit_rps": round(limit_rate) if limit_rate else None,
+        "ratio": round(service_rate / limit_rate, 3) if limit_rate else None,
         "service_non_2xx": sum(run.non_2xx for run in runs["service"]),
         "limit_non_2xx": sum(run.non_2xx for run in runs["limit"]),
         "service_p99_ms": round(statistics.median(run.p99_ms for run in runs["service"]), 2),
-        "limit_p99_ms": round(statistics.median(run.p99_ms for run in runs["limit"]), 2),
+        "limit_p99_ms": round(statistics.median(run.p99_ms for run in runs["limit"]), 2) if compared else None,
         "socket_errors": [run.socket_errors for name in runs for run in runs[name] if run.socket_errors],
     }
 
@@ -151,13 +158,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds, median; one worker each")
-    print(f"{'database':10} {'scenario':16} {'service':>9} {'limit':>9} {'ratio':>6} {'non-2xx':>8} {'p99 ms':>14}")
+    print(
+        f"{'database':10} {'scenario':22} {'service/s':>9} {'rows/s':>8} {'limit/s':>8} {'ratio':>6}"
+        f" {'non-2xx':>8} {'p99 ms (service/limit)':>22}"
+    )
     for kind in args.database or ["sqlite", "postgresql"]:
         for scenario in args.scenario or ["purchase"]:
             r = compare(kind, scenario, args.seconds, args.connections, args.rounds)
+            ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
             print(
-                f"{kind:10} {r['scenario']!s:16} {r['service_rps']:>9} {r['limit_rps']:>9} {r['ratio']:>6.2f}"
-                f" {r['service_non_2xx']!s:>8} {r['service_p99_ms']!s:>6}/{r['limit_p99_ms']!s:<7}"
+                f"{kind:10} {r['scenario']!s:22} {r['service_rps']!s:>9} {r['rows_per_second']!s:>8}"
+                f" {r['limit_rps'] or '-'!s:>8} {ratio:>6} {r['service_non_2xx']!s:>8}"
+                f" {r['service_p99_ms']!s:>12}/{r['limit_p99_ms'] or '-'!s:<9}"
             )
             if r["socket_errors"]:
                 print(f"  socket errors: {r['socket_errors']}")
