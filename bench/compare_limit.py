@@ -51,7 +51,11 @@ class Run:
 def wrk(url: str, extra: list[str], seconds: int, connections: int, env: dict[str, str]) -> Run:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
-        capture_output=True, text=True, check=True, env=env, cwd=PURCHASES_LUA.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=PURCHASES_LUA.parent,
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
@@ -68,7 +72,7 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes], timeout: float = 6
         if process.poll() is not None:
             raise SystemExit(f"server exited with {process.returncode}")
         try:
-            urllib.request.urlopen(url, timeout=1)  # noqa: S310 - a local URL
+            urllib.request.urlopen(url, timeout=1)
             return
         except OSError:
             time.sleep(0.2)
@@ -113,25 +117,44 @@ def compare(kind: str, scenario: str, seconds: int, connections: int, rounds: in
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         key = subprocess.run(
             [sys.executable, "-m", "service", "apikey", "create", "bench"],
-            env=env, cwd=ROOT, capture_output=True, text=True, check=True,
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         wrk_env = {**os.environ, "API_KEY": key}
         service_args = [sys.executable, "-m", "service", "--port", str(service_port), "--workers", "1"]
         limit_args = [
-            sys.executable, "-m", "uvicorn", "limit_app:app", "--port", str(limit_port), "--no-access-log",
-            "--log-level", "warning", "--loop", "uvloop", "--http", "httptools",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "limit_app:app",
+            "--port",
+            str(limit_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
         ]
         runs: dict[str, list[Run]] = {"service": [], "limit": []}
         with (
             server(service_args, env, f"http://127.0.0.1:{service_port}/health", ROOT),
             server(limit_args, env, f"http://127.0.0.1:{limit_port}/posts?limit=1", LIMIT_APP.parent),
         ):
-            targets = {"service": service_port, "limit": limit_port} if compared else {"service": service_port}
-            for name, port in targets.items():  # warm up: caches, prepared statements, first customers
+            targets = (
+                {"service": service_port, "limit": limit_port} if compared else {"service": service_port}
+            )
+            for port in targets.values():  # warm up: caches, prepared statements, first customers
                 wrk(f"http://127.0.0.1:{port}{path}", wrk_args, 2, connections, wrk_env)
             for _ in range(rounds):
                 for name, port in targets.items():
-                    runs[name].append(wrk(f"http://127.0.0.1:{port}{path}", wrk_args, seconds, connections, wrk_env))
+                    runs[name].append(
+                        wrk(f"http://127.0.0.1:{port}{path}", wrk_args, seconds, connections, wrk_env)
+                    )
     service_rate = statistics.median(run.requests_per_second for run in runs["service"])
     limit_rate = statistics.median(run.requests_per_second for run in runs["limit"]) if compared else None
     return {
@@ -144,20 +167,27 @@ def compare(kind: str, scenario: str, seconds: int, connections: int, rounds: in
         "service_non_2xx": sum(run.non_2xx for run in runs["service"]),
         "limit_non_2xx": sum(run.non_2xx for run in runs["limit"]),
         "service_p99_ms": round(statistics.median(run.p99_ms for run in runs["service"]), 2),
-        "limit_p99_ms": round(statistics.median(run.p99_ms for run in runs["limit"]), 2) if compared else None,
+        "limit_p99_ms": round(statistics.median(run.p99_ms for run in runs["limit"]), 2)
+        if compared
+        else None,
         "socket_errors": [run.socket_errors for name in runs for run in runs[name] if run.socket_errors],
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--database", action="append", choices=["sqlite", "postgresql"])
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    print(f"wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} alternating rounds, median; one worker each")
+    print(
+        f"wrk -t1 -c{args.connections} -d{args.seconds}s,"
+        f" {args.rounds} alternating rounds, median; one worker each"
+    )
     print(
         f"{'database':10} {'scenario':22} {'service/s':>9} {'rows/s':>8} {'limit/s':>8} {'ratio':>6}"
         f" {'non-2xx':>8} {'p99 ms (service/limit)':>22}"
