@@ -89,7 +89,14 @@ def test_every_foreign_key_has_an_index() -> None:
 
 
 # Statements that list rows in an order; their ORDER BY must be served by an index, not a sort.
-SORTED_LISTS = ["list_api_keys"]
+SORTED_LISTS = [
+    "list_api_keys",
+    "list_customers",
+    "list_purchases",
+    "list_purchases_of_customer",
+    "list_purchases_of_item",
+    "list_purchases_of_customer_and_item",
+]
 
 
 @pytest.mark.parametrize("name", SORTED_LISTS)
