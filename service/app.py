@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from starlette.applications import Starlette
@@ -16,14 +17,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from service import customers, operations, purchases, reports
+from service import accounts, customers, operations, purchases, reports
+from service.auth import AuthSettings
 from service.config import Settings, load_settings
 from service.db import create_schema, open_database
 from service.errors import EXCEPTION_HANDLERS
-from service.idempotency import purge_forever
+from service.housekeeping import purge_forever, refresh_pool_gauges
 from service.logs import configure_logging
-from service.metrics import observe_pool
 from service.middleware import RequestContextMiddleware
+from service.tokens import signing_key
 
 log = logging.getLogger("service")
 
@@ -58,14 +60,13 @@ def all_routes() -> list[BaseRoute]:
         route("/customers/{id:int}/purchases", purchases.customer_purchases),
         route("/customers/{id:int}/summary", customers.show_customer_summary),
         route("/reports/sales", reports.sales),
+        route("/auth/register", accounts.register, methods=["POST"]),
+        route("/auth/login", accounts.login, methods=["POST"]),
+        route("/auth/logout", accounts.logout, methods=["POST"]),
+        route("/auth/sessions", accounts.list_sessions),
+        route("/auth/sessions/{id:int}", accounts.end_session, methods=["DELETE"]),
+        route("/users/me", accounts.me),
     ]
-
-
-async def _refresh_pool_gauges(db: Any) -> None:
-    # With several workers a scrape reaches one of them; each keeps its own pool gauges current.
-    while True:
-        observe_pool(*db.pool_stats())
-        await asyncio.sleep(1.0)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -74,14 +75,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await asyncio.to_thread(create_schema, settings.database_url)
+        auth = AuthSettings(
+            signing_key=await asyncio.to_thread(signing_key, settings),
+            token_ttl=timedelta(seconds=settings.access_token_ttl),
+            bcrypt_rounds=settings.bcrypt_rounds,
+            session_retention=timedelta(hours=settings.session_retention_hours),
+            dummy_hash=await accounts.make_dummy_hash(settings.bcrypt_rounds),
+        )
         db = open_database(settings)
         await db.connect()
-        chores = [asyncio.create_task(purge_forever(db))]
+        chores = [asyncio.create_task(purge_forever(db, auth))]
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            chores.append(asyncio.create_task(_refresh_pool_gauges(db)))
+            chores.append(asyncio.create_task(refresh_pool_gauges(db)))
         log.info("serving on %s", db.dialect)
         try:
-            yield {"db": db, "settings": settings}
+            yield {"db": db, "settings": settings, "auth": auth}
         finally:
             for chore in chores:
                 chore.cancel()

@@ -1,10 +1,16 @@
-"""Who is calling: the dependency-style decorators a route uses to require a credential."""
+"""Who is calling: the dependency-style decorators a route uses to require a credential.
+
+`@requires_user` lets in a user's access token; `@requires_caller` a user's token or an API key.
+Either way the route receives a `Caller`, and one pooled connection serves the credential check
+and the route together.
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 from starlette.requests import Request
@@ -13,6 +19,8 @@ from starlette.responses import Response
 from service.apikeys import find_live_api_key
 from service.db import Database
 from service.errors import Problem
+from service.timestamps import utc_now
+from service.tokens import InvalidToken, read_access_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,11 +28,25 @@ class Caller:
     kind: Literal["api_key", "user"]
     id: int
     name: str
+    session_id: int | None = None
 
     @property
     def captured_by(self) -> str:
         """How a record names the credential that wrote it: `api_key:billing`, `user:tim`."""
         return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """What the lifespan works out once: the signing key, lifetimes, and bcrypt's cost."""
+
+    signing_key: str
+    token_ttl: timedelta
+    bcrypt_rounds: int
+    session_retention: timedelta
+    # A real hash of nothing, checked when the username is unknown, so that answer takes as long
+    # as a wrong password does.
+    dummy_hash: bytes
 
 
 def unauthorized(detail: str) -> Problem:
@@ -34,6 +56,11 @@ def unauthorized(detail: str) -> Problem:
 def database(request: Request) -> Database:
     db: Database = request.state.db
     return db
+
+
+def auth_settings(request: Request) -> AuthSettings:
+    settings: AuthSettings = request.state.auth
+    return settings
 
 
 async def api_key_caller(request: Request) -> Caller | None:
@@ -47,19 +74,58 @@ async def api_key_caller(request: Request) -> Caller | None:
     return Caller("api_key", row["id"], row["name"])
 
 
+async def user_caller(request: Request) -> Caller | None:
+    """The user of a Bearer token; None without the header; 401 unless token and session are live."""
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
+        raise unauthorized("Send the access token as: Authorization: Bearer <token>.")
+    try:
+        user_id, session_id = read_access_token(auth_settings(request).signing_key, token.strip())
+    except InvalidToken:
+        raise unauthorized("The access token is not valid or has expired.") from None
+    db = database(request)
+    row = await db.fetch_one(
+        db.sql.find_live_session, {"session_id": session_id, "user_id": user_id, "now": utc_now()}
+    )
+    if row is None:
+        raise unauthorized("The session of this access token has ended; sign in again.")
+    return Caller("user", row["user_id"], row["username"], session_id=row["id"])
+
+
 Endpoint = Callable[[Request, Caller], Awaitable[Response]]
+Route = Callable[[Request], Awaitable[Response]]
 
 
-def requires_api_key(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
-    """Let the route run only for a live API key; the route receives the `Caller`."""
+def _requiring(
+    find: Callable[[Request], Awaitable[Caller | None]], missing: str
+) -> Callable[[Endpoint], Route]:
+    def decorate(endpoint: Endpoint) -> Route:
+        @functools.wraps(endpoint)
+        async def checked(request: Request) -> Response:
+            # One pooled connection serves the credential check and the route: one acquire, one release.
+            async with database(request).connection():
+                caller = await find(request)
+                if caller is None:
+                    raise unauthorized(missing)
+                return await endpoint(request, caller)
 
-    @functools.wraps(endpoint)
-    async def checked(request: Request) -> Response:
-        # One pooled connection serves the credential check and the route: one acquire, one release.
-        async with database(request).connection():
-            caller = await api_key_caller(request)
-            if caller is None:
-                raise unauthorized("Send an API key in the X-API-Key header.")
-            return await endpoint(request, caller)
+        return checked
 
-    return checked
+    return decorate
+
+
+async def _user_or_api_key(request: Request) -> Caller | None:
+    return await user_caller(request) or await api_key_caller(request)
+
+
+requires_user = _requiring(
+    user_caller, "Sign in and send the access token as: Authorization: Bearer <token>."
+)
+requires_caller = _requiring(
+    _user_or_api_key, "Send an access token (Authorization: Bearer <token>) or an API key (X-API-Key)."
+)
+# Routes that serve machines only.
+requires_api_key = _requiring(api_key_caller, "Send an API key in the X-API-Key header.")

@@ -31,6 +31,10 @@ class Settings:
     db_pool_min: int
     db_pool_max: int
     sqlite_busy_timeout_ms: int
+    secret_key: str
+    bcrypt_rounds: int
+    access_token_ttl: int
+    session_retention_hours: int
 
     @property
     def is_sqlite(self) -> bool:
@@ -49,6 +53,18 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
     ("DB_POOL_MIN", "2", "connections opened at start-up"),
     ("DB_POOL_MAX", "10", "most connections open at once"),
     ("SQLITE_BUSY_TIMEOUT_MS", "5000", "how long SQLite waits for another process's write lock"),
+    (
+        "SECRET_KEY",
+        "(generated)",
+        "signs access tokens (HS256), 32+ characters; unset: made once, kept in secret_key",
+    ),
+    ("BCRYPT_ROUNDS", "12", "bcrypt cost for passwords (4 to 16)"),
+    ("ACCESS_TOKEN_TTL", "3600", "seconds an access token and its session live"),
+    (
+        "SESSION_RETENTION_HOURS",
+        "24",
+        "how long expired and revoked sessions are kept before they are purged",
+    ),
 ]
 
 
@@ -88,6 +104,13 @@ def _database_url(raw: str) -> str:
     )
 
 
+def _secret_key(raw: str) -> str:
+    value = raw.strip()
+    if value and len(value) < 32:
+        raise SettingsError(f"SECRET_KEY must be at least 32 characters, got {len(value)}")
+    return value
+
+
 def _read(config: Config, name: str, cast: Callable[[str], T], default: str) -> T:
     # Config casts defaults too; wrap so a bad value in any source gives the same one-line error.
     raw = config(name, default=default)
@@ -113,6 +136,14 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         db_pool_max=_read(config, "DB_POOL_MAX", _integer("DB_POOL_MAX", 1, 1000), "10"),
         sqlite_busy_timeout_ms=_read(
             config, "SQLITE_BUSY_TIMEOUT_MS", _integer("SQLITE_BUSY_TIMEOUT_MS", 0, 600_000), "5000"
+        ),
+        secret_key=_read(config, "SECRET_KEY", _secret_key, ""),
+        bcrypt_rounds=_read(config, "BCRYPT_ROUNDS", _integer("BCRYPT_ROUNDS", 4, 16), "12"),
+        access_token_ttl=_read(
+            config, "ACCESS_TOKEN_TTL", _integer("ACCESS_TOKEN_TTL", 60, 30 * 86400), "3600"
+        ),
+        session_retention_hours=_read(
+            config, "SESSION_RETENTION_HOURS", _integer("SESSION_RETENTION_HOURS", 0, 24 * 365), "24"
         ),
     )
     if settings.db_pool_min > settings.db_pool_max:

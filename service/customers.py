@@ -7,7 +7,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import Caller, database, requires_api_key
+from service.auth import Caller, database, requires_caller
 from service.db import Database
 from service.errors import Problem
 from service.money import format_cents
@@ -71,7 +71,7 @@ async def customer_summary(db: Database, customer_id: int) -> dict[str, Any] | N
 _customer_query = CustomerQuery()
 
 
-@requires_api_key
+@requires_caller
 async def list_customers(request: Request, caller: Caller) -> Response:
     """Customers, newest first; `?email=` finds the one with that address."""
     query = load_query(_customer_query, request)
@@ -84,13 +84,13 @@ async def list_customers(request: Request, caller: Caller) -> Response:
     return JSONResponse(page.respond(rows, customer_json))
 
 
-@requires_api_key
+@requires_caller
 async def show_customer(request: Request, caller: Caller) -> Response:
     """One customer."""
     return JSONResponse(customer_json(await require_customer(database(request), path_id(request))))
 
 
-@requires_api_key
+@requires_caller
 async def show_customer_summary(request: Request, caller: Caller) -> Response:
     """One customer's purchase count, totals, first and last purchase, and top five items by spend."""
     customer_id = path_id(request)

@@ -7,9 +7,7 @@ commits, then reads and replays its response; if the first one failed, nothing w
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,10 +23,7 @@ from service.errors import Problem
 from service.timestamps import utc_now
 
 KEY_LIFETIME = timedelta(hours=24)
-PURGE_EVERY_SECONDS = 900
 _VALID_KEY = re.compile(r"^[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?$")
-
-log = logging.getLogger("service.idempotency")
 
 
 @dataclass(frozen=True)
@@ -108,16 +103,3 @@ def _stored(row: Any, fingerprint: str) -> tuple[StoredResponse, bool]:
 
 async def purge_expired_keys(db: Database) -> int:
     return int(await db.execute(db.sql.purge_idempotency_keys, {"expired_before": utc_now() - KEY_LIFETIME}))
-
-
-async def purge_forever(db: Database) -> None:
-    """Every PURGE_EVERY_SECONDS, forget keys past their lifetime (lifespan task)."""
-    while True:
-        await asyncio.sleep(PURGE_EVERY_SECONDS)
-        try:
-            purged = await purge_expired_keys(db)
-        except Exception as exc:  # the database may be down for a while; try again next time
-            log.warning("could not purge idempotency keys: %s", exc.__class__.__name__)
-            continue
-        if purged:
-            log.info("purged %d expired idempotency keys", purged)

@@ -11,7 +11,7 @@ from marshmallow import Schema, fields, validate
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import Caller, database, requires_api_key
+from service.auth import Caller, database, requires_caller
 from service.customers import customer_json, require_customer
 from service.db import Database
 from service.errors import Problem
@@ -199,7 +199,7 @@ async def _respond_once(
     return response.to_response(replayed)
 
 
-@requires_api_key
+@requires_caller
 async def create_purchase(request: Request, caller: Caller) -> Response:
     """Record a purchase; the customer (by email) is created or updated. Honours Idempotency-Key."""
     body = await read_json(request)
@@ -213,7 +213,7 @@ async def create_purchase(request: Request, caller: Caller) -> Response:
     return await _respond_once(request, caller, body, work)
 
 
-@requires_api_key
+@requires_caller
 async def create_purchase_batch(request: Request, caller: Caller) -> Response:
     """Record 1 to 1000 purchases, all or nothing. Honours Idempotency-Key."""
     body = await read_json(request)
@@ -227,7 +227,7 @@ async def create_purchase_batch(request: Request, caller: Caller) -> Response:
     return await _respond_once(request, caller, body, work)
 
 
-@requires_api_key
+@requires_caller
 async def show_purchase(request: Request, caller: Caller) -> Response:
     """One purchase, with its customer as the customer is now."""
     purchase_id = path_id(request)
@@ -237,7 +237,7 @@ async def show_purchase(request: Request, caller: Caller) -> Response:
     return JSONResponse(purchase_json(row))
 
 
-@requires_api_key
+@requires_caller
 async def index_purchases(request: Request, caller: Caller) -> Response:
     """Purchases newest first; filter by customer_id, item, and purchased_at in [since, until)."""
     query = load_query(_purchase_query, request)
@@ -246,7 +246,7 @@ async def index_purchases(request: Request, caller: Caller) -> Response:
     return JSONResponse(page.respond(rows, purchase_json, sort_key="purchased_at"))
 
 
-@requires_api_key
+@requires_caller
 async def customer_purchases(request: Request, caller: Caller) -> Response:
     """One customer's purchases, newest first (same filters as /purchases)."""
     customer_id = path_id(request)

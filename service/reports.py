@@ -9,7 +9,7 @@ from marshmallow import Schema, fields, validate
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import Caller, database, requires_api_key
+from service.auth import Caller, database, requires_caller
 from service.db import Database
 from service.money import format_cents
 from service.responses import JSONResponse
@@ -36,7 +36,7 @@ async def sales_report(
 _sales_query = SalesQuery()
 
 
-@requires_api_key
+@requires_caller
 async def sales(request: Request, caller: Caller) -> Response:
     """Totals per item, customer (email) or UTC day in [since, until); by revenue, or by day ascending."""
     query = load_query(_sales_query, request)

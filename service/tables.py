@@ -98,3 +98,29 @@ idempotency_keys = Table(
     Column("created_at", Timestamp, nullable=False),
 )
 Index("ix_idempotency_keys_created", idempotency_keys.c.created_at)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("username", String(32), nullable=False, unique=True),
+    Column("email", String(254), nullable=False, unique=True),
+    # bcrypt's own format ($2b$12$...): salt and cost travel with the hash. Never leaves the service.
+    Column("password_hash", String(60), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    # The `sid` of every access token: a request is let in only while its row is live.
+    Column("id", Id, primary_key=True),
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    Column("revoked_at", Timestamp),
+)
+# A user's sessions, newest first; and the purge of dead ones by either clock.
+Index("ix_sessions_user", sessions.c.user_id, sessions.c.created_at, sessions.c.id)
+Index("ix_sessions_expires", sessions.c.expires_at)
+Index("ix_sessions_revoked", sessions.c.revoked_at)

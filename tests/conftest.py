@@ -30,6 +30,7 @@ from service.config import Settings, load_settings
 from service.tables import metadata
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_SECRET_KEY = "test-signing-key-that-is-long-enough-0123456789"
 BACKENDS = ("sqlite", "postgresql")
 
 
@@ -92,7 +93,12 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return replace(load_settings(environ={}, env_file=None), database_url=database_url)
+    return replace(
+        load_settings(environ={}, env_file=None),
+        database_url=database_url,
+        bcrypt_rounds=4,  # the cost is a setting; tests do not need to pay 12 rounds
+        secret_key=TEST_SECRET_KEY,
+    )
 
 
 @pytest.fixture
@@ -110,7 +116,15 @@ def free_port() -> int:
 
 def service_env(database_url: str, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PROMETHEUS_")}
-    env.update({"DATABASE_URL": database_url, "LOG_LEVEL": "warning", **extra})
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "LOG_LEVEL": "warning",
+            "BCRYPT_ROUNDS": "4",
+            "SECRET_KEY": TEST_SECRET_KEY,
+            **extra,
+        }
+    )
     return env
 
 

@@ -1,0 +1,237 @@
+"""Accounts and revocable sessions: bcrypt passwords, JWT access tokens carrying a session id."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import bcrypt
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from starlette.requests import Request
+from starlette.responses import Response
+
+from service.auth import AuthSettings, Caller, auth_settings, database, requires_user, unauthorized
+from service.db import Database
+from service.errors import Problem
+from service.pagination import Page, PageQuery
+from service.responses import JSONResponse, no_content
+from service.timestamps import from_database, utc_now
+from service.tokens import issue_access_token
+from service.validation import NormalizedEmail, load, load_query, path_id, read_json
+
+BCRYPT_MAX_BYTES = 72
+
+
+class Password(fields.String):
+    """8 to 72 bytes of UTF-8: bcrypt reads no further than 72 bytes, so longer is refused, not cut."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        password = super()._deserialize(value, attr, data, **kwargs)
+        size = len(password.encode("utf-8", errors="surrogatepass"))
+        if size < 8:
+            raise ValidationError("Must be at least 8 characters.")
+        if size > BCRYPT_MAX_BYTES:
+            raise ValidationError(
+                f"Must be at most {BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt's limit);"
+                f" this one is {size} bytes."
+            )
+        if "\x00" in password:
+            raise ValidationError("Must not contain NUL characters.")
+        return password
+
+
+class RegisterIn(Schema):
+    username = fields.String(
+        required=True,
+        validate=validate.Regexp(
+            r"^[a-z0-9_]{3,32}$", error="Must be 3 to 32 characters of lower-case letters, digits and _."
+        ),
+    )
+    email = NormalizedEmail(required=True)
+    password = Password(required=True)
+
+
+class LoginIn(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    password = Password(required=True)
+
+
+class OAuth2PasswordForm(LoginIn):
+    """The OAuth2 password grant's form: grant_type, if sent, must be "password"; other fields
+    (scope, client_id, client_secret) are ignored."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    grant_type = fields.String(load_default="password", validate=validate.Equal("password"))
+
+
+_register_in = RegisterIn()
+_login_in = LoginIn()
+_oauth2_form = OAuth2PasswordForm()
+_page_query = PageQuery()
+
+
+def user_json(row: Any) -> dict[str, Any]:
+    """A user's own account: never a password or a hash."""
+    return {
+        "id": row["id"],
+        "username": row["username"],
+        "email": row["email"],
+        "created_at": from_database(row["created_at"]),
+    }
+
+
+async def hash_password(password: str, rounds: int) -> bytes:
+    # bcrypt releases the GIL; in a thread it never holds up the event loop.
+    return await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(rounds))
+
+
+async def password_matches(password: str, password_hash: bytes) -> bool:
+    return await asyncio.to_thread(bcrypt.checkpw, password.encode(), password_hash)
+
+
+async def make_dummy_hash(rounds: int) -> bytes:
+    return await hash_password("not anyone's password", rounds)
+
+
+async def register_user(db: Database, username: str, email: str, password_hash: bytes) -> Any:
+    """The new user's row; a 409 naming the taken field(s) when the username or email is in use."""
+    row = await db.fetch_one(
+        db.sql.create_user,
+        {"username": username, "email": email, "password_hash": password_hash.decode(), "now": utc_now()},
+    )
+    if row is not None:
+        return row
+    taken: dict[str, list[str]] = {}
+    for clash in await db.fetch_all(db.sql.find_taken_names, {"username": username, "email": email}):
+        if clash["username_taken"]:
+            taken["username"] = ["Already taken."]
+        if clash["email_taken"]:
+            taken["email"] = ["Already registered."]
+    raise Problem(409, "That username or email is already registered.", errors=taken or None)
+
+
+async def open_session(db: Database, user_id: int, auth: AuthSettings) -> Any:
+    """A new session for the user; that user's sessions dead past the retention period go."""
+    now = utc_now()
+    _, [session] = await db.fetch_all_atomically(
+        [
+            (
+                db.sql.purge_dead_sessions_of_user,
+                {"user_id": user_id, "cutoff": now - auth.session_retention},
+            ),
+            (db.sql.create_session, {"user_id": user_id, "now": now, "expires_at": now + auth.token_ttl}),
+        ]
+    )
+    return session
+
+
+async def revoke_session(db: Database, user_id: int, session_id: int) -> bool:
+    changed: int = await db.execute(
+        db.sql.revoke_session, {"session_id": session_id, "user_id": user_id, "now": utc_now()}
+    )
+    return changed > 0
+
+
+async def purge_dead_sessions(db: Database, retention_cutoff: datetime) -> int:
+    return int(await db.execute(db.sql.purge_dead_sessions, {"cutoff": retention_cutoff}))
+
+
+async def _login_body(request: Request) -> dict[str, Any]:
+    """JSON, or the OAuth2 password grant's form (application/x-www-form-urlencoded)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        credentials: dict[str, Any] = load(_login_in, await read_json(request))
+        return credentials
+    try:
+        form = dict(
+            parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        )
+    except UnicodeDecodeError:
+        raise Problem(400, "The form is not valid UTF-8.") from None
+    loaded: dict[str, Any] = load(_oauth2_form, form)
+    return loaded
+
+
+async def register(request: Request) -> Response:
+    """Create an account. 409 when the username or email is taken."""
+    body = load(_register_in, await read_json(request))
+    db = database(request)
+    password_hash = await hash_password(body["password"], auth_settings(request).bcrypt_rounds)
+    row = await register_user(db, body["username"], body["email"], password_hash)
+    return JSONResponse(user_json(row), status_code=201, headers={"Location": f"/users/{row['username']}"})
+
+
+async def login(request: Request) -> Response:
+    """Check the password and open a session; the access token carries its id."""
+    credentials = await _login_body(request)
+    auth = auth_settings(request)
+    db = database(request)
+    user = await db.fetch_one(
+        db.sql.find_user_for_login, {"username": credentials["username"].strip().lower()}
+    )
+    # Unknown users are checked against a dummy hash: both failures cost one bcrypt check.
+    stored = user["password_hash"].encode() if user is not None else auth.dummy_hash
+    if not await password_matches(credentials["password"], stored) or user is None:
+        raise unauthorized("Wrong username or password.")
+    session = await open_session(db, user["id"], auth)
+    token = issue_access_token(auth.signing_key, user["id"], session["id"], utc_now(), auth.token_ttl)
+    return JSONResponse(
+        {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": int(auth.token_ttl.total_seconds()),
+            "session_id": session["id"],
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@requires_user
+async def logout(request: Request, caller: Caller) -> Response:
+    """End the current session: its token stops working at once."""
+    assert caller.session_id is not None
+    await revoke_session(database(request), caller.id, caller.session_id)
+    return no_content()
+
+
+@requires_user
+async def list_sessions(request: Request, caller: Caller) -> Response:
+    """The caller's live sessions, newest first; `current` marks the one this token belongs to."""
+    page = Page.from_query(load_query(_page_query, request))
+    db = database(request)
+    rows = await db.fetch_all(
+        db.sql.list_live_sessions, {**page.values(), "user_id": caller.id, "now": utc_now()}
+    )
+
+    def session_json(row: Any) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "created_at": from_database(row["created_at"]),
+            "expires_at": from_database(row["expires_at"]),
+            "current": row["id"] == caller.session_id,
+        }
+
+    return JSONResponse(page.respond(rows, session_json))
+
+
+@requires_user
+async def end_session(request: Request, caller: Caller) -> Response:
+    """Revoke one of the caller's own sessions (another device's, say). 404 for anyone else's."""
+    session_id = path_id(request)
+    if not await revoke_session(database(request), caller.id, session_id):
+        raise Problem(404, f"You have no live session {session_id}.")
+    return no_content()
+
+
+@requires_user
+async def me(request: Request, caller: Caller) -> Response:
+    """The signed-in user's account."""
+    db = database(request)
+    row = await db.fetch_one(db.sql.get_user, {"id": caller.id})
+    if row is None:  # deleted between the session check and here
+        raise unauthorized("This account no longer exists.")
+    return JSONResponse(user_json(row))

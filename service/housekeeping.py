@@ -1,0 +1,43 @@
+"""Background chores each worker runs while it serves: forgetting what has outlived its purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from service.accounts import purge_dead_sessions
+from service.auth import AuthSettings
+from service.db import Database
+from service.idempotency import purge_expired_keys
+from service.metrics import observe_pool
+from service.timestamps import utc_now
+
+PURGE_EVERY_SECONDS = 900
+
+log = logging.getLogger("service.housekeeping")
+
+
+async def purge_once(db: Database, auth: AuthSettings) -> tuple[int, int]:
+    """Drop expired idempotency keys, and sessions dead for longer than the retention period."""
+    keys = await purge_expired_keys(db)
+    sessions = await purge_dead_sessions(db, utc_now() - auth.session_retention)
+    return keys, sessions
+
+
+async def purge_forever(db: Database, auth: AuthSettings) -> None:
+    while True:
+        await asyncio.sleep(PURGE_EVERY_SECONDS)
+        try:
+            keys, sessions = await purge_once(db, auth)
+        except Exception as exc:  # the database may be away for a while; try again next time
+            log.warning("housekeeping failed: %s", exc.__class__.__name__)
+            continue
+        if keys or sessions:
+            log.info("purged %d idempotency keys and %d sessions", keys, sessions)
+
+
+async def refresh_pool_gauges(db: Database) -> None:
+    """With several workers a scrape reaches one of them; each keeps its own pool gauges current."""
+    while True:
+        observe_pool(*db.pool_stats())
+        await asyncio.sleep(1.0)
