@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import databases
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from service.config import Settings
 from service.queries import Queries, Statement, load_queries
@@ -85,13 +87,34 @@ def _create_sqlite_schema(path: str) -> None:
     engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
     try:
         with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+            _switch_to_wal(conn)
             # The write lock, taken before the existence checks, makes workers create tables one at a time.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             metadata.create_all(conn)
             conn.commit()
     finally:
         engine.dispose()
+
+
+def _switch_to_wal(conn: Any, patience_seconds: float = 30.0) -> None:
+    """WAL is a property of the file: set once, by whichever worker gets there first.
+
+    SQLite answers "database is locked" at once, without waiting out its busy timeout, when two
+    connections race to change the journal mode of a new file; so wait and try again here.
+    """
+    deadline = time.monotonic() + patience_seconds
+    pause = 0.01
+    while True:
+        try:
+            if conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal":
+                return
+            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
+            return
+        except OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
 
 
 def _create_postgres_schema(database_url: str) -> None:

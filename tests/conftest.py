@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import psycopg
@@ -30,7 +32,7 @@ from service.config import Settings, load_settings
 from service.tables import metadata
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_SECRET_KEY = "test-signing-key-that-is-long-enough-0123456789"
+TEST_SECRET_KEY = "test-signing-key-long-enough-for-hs512-forgeries-0123456789abcdef"
 BACKENDS = ("sqlite", "postgresql")
 
 
@@ -101,11 +103,52 @@ def settings(database_url: str) -> Settings:
     )
 
 
+# Every password a test sends; no response anywhere in the suite may contain one, or any bcrypt hash.
+PASSWORDS_SENT: set[str] = set()
+BCRYPT_HASH = re.compile(r"\$2[aby]?\$\d\d\$[./A-Za-z0-9]{53}")
+
+
+def assert_no_secret_leaks(response: httpx.Response) -> None:
+    response.read()
+    text = response.text
+    assert not BCRYPT_HASH.search(text), f"a bcrypt hash left the service: {response.request.url}"
+    leaked = [password for password in PASSWORDS_SENT if password in text]
+    assert not leaked, f"a password left the service: {response.request.url}"
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    """The app on the test's database, lifespan run (schema created, pool open)."""
+    """The app on the test's database, lifespan run (schema created, pool open).
+
+    Every response it receives is checked for passwords and password hashes.
+    """
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        test_client.event_hooks["response"] = [assert_no_secret_leaks]
         yield test_client
+
+
+PASSWORD = "correct horse battery"
+
+
+def register(client: TestClient, username: str = "tim", password: str = PASSWORD) -> dict[str, Any]:
+    PASSWORDS_SENT.add(password)
+    account = {"username": username, "email": f"{username}@example.com", "password": password}
+    response = client.post("/auth/register", json=account)
+    assert response.status_code == 201, response.text
+    user: dict[str, Any] = response.json()
+    return user
+
+
+def login(client: TestClient, username: str = "tim", password: str = PASSWORD) -> dict[str, Any]:
+    PASSWORDS_SENT.add(password)
+    response = client.post("/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def bearer(token_body: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_body['access_token']}"}
 
 
 def free_port() -> int:
