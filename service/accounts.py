@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import bcrypt
@@ -22,6 +25,7 @@ from service.tokens import issue_access_token
 from service.validation import NormalizedEmail, load, load_query, path_id, read_json
 
 BCRYPT_MAX_BYTES = 72
+T = TypeVar("T")
 
 
 class Password(fields.String):
@@ -84,13 +88,22 @@ def user_json(row: Any) -> dict[str, Any]:
     }
 
 
+# bcrypt releases the GIL, so in a thread it never holds up the event loop. Its own small pool
+# (one thread fewer than there are cores) also keeps a flood of logins from taking every core
+# from the loop: logins queue for the pool while everything else is served.
+_bcrypt_pool = ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) - 1), thread_name_prefix="bcrypt")
+
+
+async def _in_bcrypt_pool(work: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(_bcrypt_pool, work, *args)
+
+
 async def hash_password(password: str, rounds: int) -> bytes:
-    # bcrypt releases the GIL; in a thread it never holds up the event loop.
-    return await asyncio.to_thread(bcrypt.hashpw, password.encode(), bcrypt.gensalt(rounds))
+    return await _in_bcrypt_pool(bcrypt.hashpw, password.encode(), bcrypt.gensalt(rounds))
 
 
 async def password_matches(password: str, password_hash: bytes) -> bool:
-    return await asyncio.to_thread(bcrypt.checkpw, password.encode(), password_hash)
+    return await _in_bcrypt_pool(bcrypt.checkpw, password.encode(), password_hash)
 
 
 async def make_dummy_hash(rounds: int) -> bytes:

@@ -116,6 +116,18 @@ def assert_no_secret_leaks(response: httpx.Response) -> None:
     assert not leaked, f"a password left the service: {response.request.url}"
 
 
+async def assert_no_secret_leaks_async(response: httpx.Response) -> None:
+    await response.aread()
+    assert_no_secret_leaks(response)
+
+
+def live_client(base: str, **options: Any) -> httpx.AsyncClient:
+    """An HTTP client for a live server, checking its responses as the test client does."""
+    return httpx.AsyncClient(
+        base_url=base, event_hooks={"response": [assert_no_secret_leaks_async]}, **options
+    )
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """The app on the test's database, lifespan run (schema created, pool open).

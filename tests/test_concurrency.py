@@ -10,7 +10,7 @@ import httpx2 as httpx
 import pytest
 
 from service.config import Settings
-from tests.conftest import make_api_key, table_counts
+from tests.conftest import live_client, make_api_key, table_counts
 from tests.test_purchases import purchase
 
 pytestmark = pytest.mark.slow
@@ -21,9 +21,7 @@ async def post_all(
 ) -> list[Any]:
     """Send every request at once (each on its own connection) and gather the responses."""
     limits = httpx.Limits(max_connections=len(requests))
-    async with httpx.AsyncClient(
-        base_url=base, headers={"X-API-Key": key}, limits=limits, timeout=30
-    ) as client:
+    async with live_client(base, headers={"X-API-Key": key}, limits=limits, timeout=30) as client:
         return await asyncio.gather(
             *(client.post(path, json=body, headers=headers) for path, body, headers in requests)
         )

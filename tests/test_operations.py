@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from urllib.parse import urlsplit
@@ -11,6 +12,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
+from tests.conftest import live_client
 from tests.tcp_proxy import TcpProxy
 
 
@@ -90,12 +92,14 @@ def test_metrics_expose_latency_histogram_and_pool_in_use(client: TestClient) ->
 
 @pytest.mark.slow
 def test_metrics_sum_every_worker(live_service: object, backend: str) -> None:
-    import httpx2 as httpx
+    async def scrape(base: str) -> str:
+        async with live_client(base) as http:
+            for _ in range(40):
+                await http.get("/health", headers={"Connection": "close"})  # spread over both workers
+            return (await http.get("/metrics")).text
 
     with live_service(workers=2) as base:  # type: ignore[operator]
-        for _ in range(40):
-            httpx.get(f"{base}/health")  # spread over both workers by the kernel
-        text = httpx.get(f"{base}/metrics").text
+        text = asyncio.run(scrape(base))
     line = next(
         line
         for line in text.splitlines()
