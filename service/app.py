@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from service import accounts, customers, operations, purchases, reports
+from service import accounts, customers, operations, purchases, reports, social
 from service.auth import AuthSettings
 from service.config import Settings, load_settings
 from service.db import create_schema, open_database
@@ -40,10 +40,21 @@ class TemplatedRoute(Route):
         return match, child_scope
 
 
-def route(
-    path: str, endpoint: Callable[[Request], Awaitable[Response]], methods: Sequence[str] = ("GET",)
-) -> TemplatedRoute:
-    return TemplatedRoute(path, endpoint, methods=list(methods))
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def route(path: str, handlers: Handler | Mapping[str, Handler]) -> TemplatedRoute:
+    """One route per path: a handler for GET, or a handler per method (so 405's Allow lists them all)."""
+    if callable(handlers):
+        return TemplatedRoute(path, handlers, methods=["GET"])
+    by_method = dict(handlers)
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await by_method[method](request)
+
+    dispatch.__doc__ = " ".join(f"{method}: {handler.__doc__}" for method, handler in by_method.items())
+    return TemplatedRoute(path, dispatch, methods=list(by_method), name=path)
 
 
 def all_routes() -> list[BaseRoute]:
@@ -51,21 +62,31 @@ def all_routes() -> list[BaseRoute]:
         route("/health", operations.health),
         route("/ready", operations.ready),
         route("/metrics", operations.metrics),
-        route("/purchases", purchases.create_purchase, methods=["POST"]),
-        route("/purchases", purchases.index_purchases),
-        route("/purchases/batch", purchases.create_purchase_batch, methods=["POST"]),
+        route("/purchases", {"GET": purchases.index_purchases, "POST": purchases.create_purchase}),
+        route("/purchases/batch", {"POST": purchases.create_purchase_batch}),
         route("/purchases/{id:int}", purchases.show_purchase),
         route("/customers", customers.list_customers),
         route("/customers/{id:int}", customers.show_customer),
         route("/customers/{id:int}/purchases", purchases.customer_purchases),
         route("/customers/{id:int}/summary", customers.show_customer_summary),
         route("/reports/sales", reports.sales),
-        route("/auth/register", accounts.register, methods=["POST"]),
-        route("/auth/login", accounts.login, methods=["POST"]),
-        route("/auth/logout", accounts.logout, methods=["POST"]),
+        route("/auth/register", {"POST": accounts.register}),
+        route("/auth/login", {"POST": accounts.login}),
+        route("/auth/logout", {"POST": accounts.logout}),
         route("/auth/sessions", accounts.list_sessions),
-        route("/auth/sessions/{id:int}", accounts.end_session, methods=["DELETE"]),
-        route("/users/me", accounts.me),
+        route("/auth/sessions/{id:int}", {"DELETE": accounts.end_session}),
+        route("/users/me", accounts.me),  # before /users/{username}; "me" is too short to be a username
+        route("/posts", {"GET": social.list_posts, "POST": social.create_post}),
+        route("/posts/{id:int}", {"GET": social.show_post, "DELETE": social.delete_post}),
+        route("/posts/{id:int}/comments", {"GET": social.list_comments, "POST": social.create_comment}),
+        route("/posts/{id:int}/like", {"PUT": social.like, "DELETE": social.unlike}),
+        route("/posts/{id:int}/repost", {"PUT": social.repost, "DELETE": social.unrepost}),
+        route("/users/{username}", social.show_user),
+        route("/users/{username}/posts", social.user_posts),
+        route("/users/{username}/followers", social.followers),
+        route("/users/{username}/following", social.following),
+        route("/users/{username}/follow", {"PUT": social.follow, "DELETE": social.unfollow}),
+        route("/feed", social.feed),
     ]
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from marshmallow import Schema, fields, validate
 
-from service.timestamps import LATEST, from_database, from_text
+from service.timestamps import EARLIEST, LATEST, from_database, from_text
 from service.validation import MAX_ID
 
 DEFAULT_LIMIT = 20
@@ -49,19 +49,25 @@ class PageQuery(Schema):
 
 @dataclass(frozen=True)
 class Page:
+    """One page of a list ordered by (timestamp, id): newest first, or oldest first if `ascending`."""
+
     limit: int
-    before_at: datetime
-    before_id: int
+    at: datetime
+    row_id: int
+    ascending: bool = False
 
     @classmethod
-    def from_query(cls, query: Mapping[str, Any]) -> Page:
-        # Page one starts "before" a key larger than any row's, so it needs no statement of its own.
-        after = query.get("cursor") or (LATEST, MAX_ID)
-        return cls(int(query["limit"]), after[0], after[1])
+    def from_query(cls, query: Mapping[str, Any], ascending: bool = False) -> Page:
+        # Page one starts past a key beyond every row's, so it needs no statement of its own.
+        start = (EARLIEST, 0) if ascending else (LATEST, MAX_ID)
+        at, row_id = query.get("cursor") or start
+        return cls(int(query["limit"]), at, row_id, ascending)
 
     def values(self) -> dict[str, Any]:
         """The parameters of a page statement; one row more than the page tells whether another follows."""
-        return {"limit": self.limit + 1, "before_at": self.before_at, "before_id": self.before_id}
+        if self.ascending:
+            return {"limit": self.limit + 1, "after_at": self.at, "after_id": self.row_id}
+        return {"limit": self.limit + 1, "before_at": self.at, "before_id": self.row_id}
 
     def respond(
         self, rows: Sequence[Any], shape: Callable[[Any], dict[str, Any]], sort_key: str = "created_at"

@@ -124,3 +124,57 @@ sessions = Table(
 Index("ix_sessions_user", sessions.c.user_id, sessions.c.created_at, sessions.c.id)
 Index("ix_sessions_expires", sessions.c.expires_at)
 Index("ix_sessions_revoked", sessions.c.revoked_at)
+
+posts = Table(
+    "posts",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("author_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("content", String(280), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+# All posts newest first; one author's newest first (also how the feed reads each followee).
+Index("ix_posts_created", posts.c.created_at, posts.c.id)
+Index("ix_posts_author", posts.c.author_id, posts.c.created_at, posts.c.id)
+
+comments = Table(
+    "comments",
+    metadata,
+    Column("id", Id, primary_key=True),
+    Column("post_id", Id, ForeignKey("posts.id", ondelete="CASCADE"), nullable=False),
+    Column("author_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("body", String(1000), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+)
+# A post's comments oldest first (and counted by post); an author's, for the cascade.
+Index("ix_comments_post", comments.c.post_id, comments.c.created_at, comments.c.id)
+Index("ix_comments_author", comments.c.author_id)
+
+
+def _reaction(name: str) -> Table:
+    """Likes and reposts: one per user and post, so PUT and DELETE are idempotent by the key."""
+    table = Table(
+        name,
+        metadata,
+        Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+        Column("post_id", Id, ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True),
+        Column("created_at", Timestamp, nullable=False),
+    )
+    Index(f"ix_{name}_post", table.c.post_id)  # counted per post
+    return table
+
+
+likes = _reaction("likes")
+reposts = _reaction("reposts")
+
+follows = Table(
+    "follows",
+    metadata,
+    Column("follower_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("followee_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("created_at", Timestamp, nullable=False),
+    CheckConstraint("follower_id <> followee_id", name="ck_follows_not_self"),
+)
+# Who follows a user, and whom a user follows, each newest follow first.
+Index("ix_follows_followee", follows.c.followee_id, follows.c.created_at, follows.c.follower_id)
+Index("ix_follows_follower", follows.c.follower_id, follows.c.created_at, follows.c.followee_id)

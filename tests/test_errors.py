@@ -48,7 +48,7 @@ def probe(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings)
     app.router.routes.extend(
         [
-            route("/probe/echo", echo, methods=["POST"]),
+            route("/probe/echo", {"POST": echo}),
             route("/probe/conflict", conflict),
             route("/probe/crash", crash),
             route("/probe/database-gone", database_gone),
