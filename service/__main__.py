@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from service.config import Settings, SettingsError, load_settings
+from service.seed_size import SeedSize
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +32,20 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="every key with its state (never the key)")
     revoke = actions.add_parser("revoke", help="revoke the live key with this name")
     revoke.add_argument("name")
+
+    seed = commands.add_parser(
+        "seed", help="load a social data set (users, posts, likes, ...) for demos and benchmarks"
+    )
+    defaults = SeedSize()
+    for kind in ("users", "posts", "likes", "reposts", "comments", "follows"):
+        seed.add_argument(
+            f"--{kind}",
+            type=int,
+            default=getattr(defaults, kind),
+            metavar="N",
+            help=f"how many {kind} (default {getattr(defaults, kind)})",
+        )
+    seed.add_argument("--random-seed", type=int, default=42, help="same seed, same shape of data")
     return parser
 
 
@@ -107,6 +122,29 @@ def apikey(settings: Settings, action: str, name: str | None) -> int:
     return _with_database(settings, {"create": create, "list": list_keys, "revoke": revoke}[action])
 
 
+def seed(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+
+    from service.seed import SEED_PASSWORD, seed
+
+    counts = {
+        kind: getattr(args, kind) for kind in ("users", "posts", "likes", "reposts", "comments", "follows")
+    }
+    if any(count < 0 for count in counts.values()):
+        print("error: counts must not be negative", file=sys.stderr)
+        return 2
+
+    async def load(db: Any) -> int:
+        started = time.perf_counter()
+        loaded = await seed(db, SeedSize(**counts), settings.bcrypt_rounds, args.random_seed)
+        took = time.perf_counter() - started
+        print(", ".join(f"{count} {kind}" for kind, count in loaded.items()) + f" in {took:.1f} s")
+        print(f"every seeded user's password is {SEED_PASSWORD!r}", file=sys.stderr)
+        return 0
+
+    return _with_database(settings, load)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -120,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "apikey":
         return apikey(settings, args.action, getattr(args, "name", None))
+    if args.command == "seed":
+        return seed(settings, args)
     serve(settings, args.host, args.port, args.workers)
     return 0
 

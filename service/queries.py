@@ -49,6 +49,10 @@ class Statement(ClauseElement):
     def __repr__(self) -> str:
         return f"<Statement {self.name} ({self.dialect})>"
 
+    def __str__(self) -> str:
+        # ClauseElement's own __str__ would ask SQLAlchemy to compile this; the SQL is already here.
+        return self.sql
+
 
 class BoundStatement(ClauseElement):
     """A statement with its arguments: a list for asyncpg's $n, a dict for sqlite3's :name."""
@@ -59,6 +63,10 @@ class BoundStatement(ClauseElement):
     def __init__(self, statement: Statement, arguments: list[Any] | dict[str, Any]) -> None:
         self.statement = statement
         self.arguments = arguments
+        self.name = statement.name
+
+    def __str__(self) -> str:
+        return self.statement.sql
 
 
 def bound(query: ClauseElement) -> BoundStatement | None:

@@ -1,0 +1,225 @@
+"""The social feed: posts, comments, likes, reposts, follows and timelines, with their counts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import bearer, login, register, table_counts
+
+
+def user(client: TestClient, name: str) -> dict[str, str]:
+    """Register and sign in `name`; the headers that act as them."""
+    register(client, name)
+    return bearer(login(client, name))
+
+
+def post(client: TestClient, as_user: dict[str, str], content: str = "hello") -> dict[str, Any]:
+    response = client.post("/posts", json={"content": content}, headers=as_user)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_a_post_is_published_with_zero_counts(client: TestClient) -> None:
+    tim = user(client, "tim")
+    response = client.post("/posts", json={"content": "  first!  "}, headers=tim)
+    assert response.status_code == 201
+    body = response.json()
+    assert response.headers["location"] == f"/posts/{body['id']}"
+    assert {k: body[k] for k in ("author", "content", "like_count", "repost_count", "comment_count")} == {
+        "author": "tim",
+        "content": "first!",
+        "like_count": 0,
+        "repost_count": 0,
+        "comment_count": 0,
+    }
+    assert client.get(f"/posts/{body['id']}").json() == body  # reads are public
+
+
+@pytest.mark.parametrize("content", ["", "   ", "x" * 281, None, 5])
+def test_bad_post_content_is_422(client: TestClient, content: Any, database_url: str) -> None:
+    tim = user(client, "tim")
+    response = client.post("/posts", json={"content": content}, headers=tim)
+    assert response.status_code == 422 and "content" in response.json()["errors"]
+    assert table_counts(database_url)["posts"] == 0
+
+
+def test_writes_need_a_user_token(client: TestClient, api_key: str) -> None:
+    tim = user(client, "tim")
+    first = post(client, tim)
+    for method, path in [
+        ("POST", "/posts"),
+        ("DELETE", f"/posts/{first['id']}"),
+        ("POST", f"/posts/{first['id']}/comments"),
+        ("PUT", f"/posts/{first['id']}/like"),
+        ("PUT", f"/posts/{first['id']}/repost"),
+        ("PUT", "/users/tim/follow"),
+        ("GET", "/feed"),
+    ]:
+        for headers in ({}, {"X-API-Key": api_key}):
+            response = client.request(method, path, json={"content": "x", "body": "x"}, headers=headers)
+            assert response.status_code == 401, (method, path)
+
+
+def test_likes_and_reposts_are_idempotent_and_counted(client: TestClient) -> None:
+    tim, sue, ann = user(client, "tim"), user(client, "sue"), user(client, "ann")
+    p = post(client, tim)
+    for who in (sue, sue, ann):
+        assert client.put(f"/posts/{p['id']}/like", headers=who).status_code == 204
+    assert client.put(f"/posts/{p['id']}/repost", headers=ann).status_code == 204
+    assert client.put(f"/posts/{p['id']}/repost", headers=ann).status_code == 204
+    shown = client.get(f"/posts/{p['id']}").json()
+    assert (shown["like_count"], shown["repost_count"]) == (2, 1)
+
+    for _ in range(2):
+        assert client.delete(f"/posts/{p['id']}/like", headers=sue).status_code == 204
+        assert client.delete(f"/posts/{p['id']}/repost", headers=ann).status_code == 204
+    shown = client.get(f"/posts/{p['id']}").json()
+    assert (shown["like_count"], shown["repost_count"]) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"), [("PUT", "like"), ("DELETE", "like"), ("PUT", "repost"), ("DELETE", "repost")]
+)
+def test_reacting_to_a_missing_post_is_404(client: TestClient, method: str, suffix: str) -> None:
+    tim = user(client, "tim")
+    assert client.request(method, f"/posts/999/{suffix}", headers=tim).status_code == 404
+
+
+def test_comments_are_listed_oldest_first_and_counted(client: TestClient) -> None:
+    tim, sue = user(client, "tim"), user(client, "sue")
+    p = post(client, tim)
+    for n in range(5):
+        response = client.post(
+            f"/posts/{p['id']}/comments", json={"body": f"c{n}"}, headers=sue if n % 2 else tim
+        )
+        assert response.status_code == 201
+    assert response.json()["author"] == "tim" and response.json()["post_id"] == p["id"]
+    first = client.get(f"/posts/{p['id']}/comments", params={"limit": 3}).json()
+    rest = client.get(
+        f"/posts/{p['id']}/comments", params={"limit": 3, "cursor": first["next_cursor"]}
+    ).json()
+    assert [c["body"] for c in first["items"] + rest["items"]] == ["c0", "c1", "c2", "c3", "c4"]
+    assert rest["next_cursor"] is None
+    assert client.get(f"/posts/{p['id']}").json()["comment_count"] == 5
+    assert client.post("/posts/999/comments", json={"body": "x"}, headers=tim).status_code == 404
+    assert client.get("/posts/999/comments").status_code == 404
+    assert (
+        client.post(f"/posts/{p['id']}/comments", json={"body": "x" * 1001}, headers=tim).status_code == 422
+    )
+
+
+def test_only_the_author_deletes_a_post_and_what_hangs_off_it_goes_too(
+    client: TestClient, database_url: str
+) -> None:
+    tim, sue = user(client, "tim"), user(client, "sue")
+    p = post(client, tim)
+    client.put(f"/posts/{p['id']}/like", headers=sue)
+    client.put(f"/posts/{p['id']}/repost", headers=sue)
+    client.post(f"/posts/{p['id']}/comments", json={"body": "nice"}, headers=sue)
+
+    assert client.delete(f"/posts/{p['id']}", headers=sue).status_code == 403
+    assert client.get(f"/posts/{p['id']}").status_code == 200
+    assert client.delete(f"/posts/{p['id']}", headers=tim).status_code == 204
+    assert client.get(f"/posts/{p['id']}").status_code == 404
+    assert client.delete(f"/posts/{p['id']}", headers=tim).status_code == 404
+    counts = table_counts(database_url)
+    assert (counts["posts"], counts["likes"], counts["reposts"], counts["comments"]) == (0, 0, 0, 0)
+
+
+def test_follows_are_idempotent_and_show_in_profiles_and_lists(client: TestClient) -> None:
+    tim, sue, ann = user(client, "tim"), user(client, "sue"), user(client, "ann")
+    for who in (sue, sue, ann):
+        assert client.put("/users/tim/follow", headers=who).status_code == 204
+    assert client.put("/users/sue/follow", headers=tim).status_code == 204
+    post(client, tim, "one")
+    post(client, tim, "two")
+
+    profile = client.get("/users/tim").json()
+    assert {k: profile[k] for k in ("username", "post_count", "follower_count", "following_count")} == {
+        "username": "tim",
+        "post_count": 2,
+        "follower_count": 2,
+        "following_count": 1,
+    }
+    assert "email" not in profile
+    assert [u["username"] for u in client.get("/users/tim/followers").json()["items"]] == ["ann", "sue"]
+    assert [u["username"] for u in client.get("/users/tim/following").json()["items"]] == ["sue"]
+    assert [p["content"] for p in client.get("/users/tim/posts").json()["items"]] == ["two", "one"]
+
+    for _ in range(2):
+        assert client.delete("/users/tim/follow", headers=sue).status_code == 204
+    assert client.get("/users/tim").json()["follower_count"] == 1
+
+
+def test_following_yourself_is_422_and_strangers_are_404(client: TestClient) -> None:
+    tim = user(client, "tim")
+    response = client.put("/users/tim/follow", headers=tim)
+    assert response.status_code == 422 and "username" in response.json()["errors"]
+    assert client.put("/users/nobody/follow", headers=tim).status_code == 404
+    assert client.delete("/users/nobody/follow", headers=tim).status_code == 404
+    for path in (
+        "/users/nobody",
+        "/users/nobody/posts",
+        "/users/nobody/followers",
+        "/users/nobody/following",
+    ):
+        assert client.get(path).status_code == 404
+
+
+def test_the_feed_has_my_posts_and_those_i_follow_newest_first(client: TestClient) -> None:
+    tim, sue, ann = user(client, "tim"), user(client, "sue"), user(client, "ann")
+    post(client, tim, "tim 1")
+    post(client, sue, "sue 1")
+    post(client, ann, "ann 1")
+    post(client, tim, "tim 2")
+    client.put("/users/sue/follow", headers=tim)
+    feed = client.get("/feed", headers=tim).json()
+    assert [p["content"] for p in feed["items"]] == ["tim 2", "sue 1", "tim 1"]
+    assert client.get("/feed", headers=ann).json()["items"][0]["content"] == "ann 1"
+
+
+def test_posts_list_newest_first_with_counts(client: TestClient) -> None:
+    tim, sue = user(client, "tim"), user(client, "sue")
+    old, new = post(client, tim, "old"), post(client, sue, "new")
+    client.put(f"/posts/{old['id']}/like", headers=sue)
+    items = client.get("/posts").json()["items"]
+    assert [(p["content"], p["author"], p["like_count"]) for p in items] == [
+        ("new", "sue", 0),
+        ("old", "tim", 1),
+    ]
+    assert new["id"] == items[0]["id"]
+
+
+def test_deleting_a_user_removes_what_hangs_off_it(client: TestClient, database_url: str) -> None:
+    tim, sue = user(client, "tim"), user(client, "sue")
+    p = post(client, tim)
+    client.put(f"/posts/{p['id']}/like", headers=sue)
+    client.post(f"/posts/{p['id']}/comments", json={"body": "hi"}, headers=sue)
+    client.put("/users/tim/follow", headers=sue)
+    mine = post(client, sue)
+    client.put(f"/posts/{mine['id']}/like", headers=tim)
+    # There is no route that deletes users; the cascade is the schema's, so delete as SQL would.
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        with sqlite3.connect(database_url.split(":///", 1)[1]) as conn:
+            conn.execute("PRAGMA foreign_keys = ON")  # as every service connection has it
+            conn.execute("DELETE FROM users WHERE username = 'sue'")
+    else:
+        import psycopg
+
+        with psycopg.connect(database_url) as conn:
+            conn.execute("DELETE FROM users WHERE username = 'sue'")
+    counts = table_counts(database_url)
+    assert {k: counts[k] for k in ("users", "posts", "likes", "comments", "follows", "sessions")} == {
+        "users": 1,
+        "posts": 1,
+        "likes": 0,
+        "comments": 0,
+        "follows": 0,
+        "sessions": 1,
+    }

@@ -1,0 +1,192 @@
+"""How the social lists are read: stable keyset pages, one statement a page, indexes not scans."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import databases.core
+import pytest
+from starlette.testclient import TestClient
+
+from service import social
+from service.config import Settings
+from service.db import Database, create_schema, open_database
+from service.seed import SeedSize, seed
+from service.timestamps import LATEST, utc_now
+from tests.conftest import bearer, login
+from tests.test_social import post, user
+
+
+def every_page(
+    client: TestClient, path: str, headers: dict[str, str] | None = None, **params: Any
+) -> list[int]:
+    ids, cursor = [], None
+    while True:
+        body = client.get(
+            path, params={**params, **({"cursor": cursor} if cursor else {})}, headers=headers
+        ).json()
+        ids += [item["id"] for item in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return ids
+
+
+def test_pages_are_stable_when_posts_share_a_timestamp(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tim = user(client, "tim")
+    moment = utc_now()
+    monkeypatch.setattr(social, "utc_now", lambda: moment)
+    made = [post(client, tim, f"p{n}")["id"] for n in range(17)]
+    assert len({client.get(f"/posts/{i}").json()["created_at"] for i in made}) == 1
+    for path in ("/posts", "/users/tim/posts", "/feed"):
+        assert every_page(client, path, headers=tim, limit=4) == sorted(made, reverse=True), path
+
+
+def test_no_duplicates_or_gaps_while_new_posts_arrive(client: TestClient) -> None:
+    tim = user(client, "tim")
+    existing = [post(client, tim, f"old {n}")["id"] for n in range(10)]
+    seen, cursor = [], None
+    for round_ in range(10):
+        body = client.get("/posts", params={"limit": 3, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [item["id"] for item in body["items"]]
+        post(client, tim, f"new {round_}")  # lands before page one: never inside later pages
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(existing, reverse=True)
+
+
+def test_comment_pages_are_stable_oldest_first(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    tim = user(client, "tim")
+    p = post(client, tim)
+    moment = utc_now()
+    monkeypatch.setattr(social, "utc_now", lambda: moment)
+    made = [
+        client.post(f"/posts/{p['id']}/comments", json={"body": f"c{n}"}, headers=tim).json()["id"]
+        for n in range(9)
+    ]
+    assert every_page(client, f"/posts/{p['id']}/comments", limit=2) == sorted(made)
+
+
+@pytest.fixture
+def statements_sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The name of every statement sent through the `databases` connection while the test runs."""
+    sent: list[str] = []
+    for method in ("fetch_all", "fetch_one", "fetch_val", "execute", "execute_many", "iterate"):
+        real = getattr(databases.core.Connection, method)
+
+        def counting(self: Any, query: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            sent.append(query.name if hasattr(query, "name") else str(query))
+            return _real(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(databases.core.Connection, method, counting)
+    yield sent
+
+
+def test_each_posts_page_is_one_statement_however_many_posts_it_holds(
+    client: TestClient, statements_sent: list[str]
+) -> None:
+    tim, sue = user(client, "tim"), user(client, "sue")
+    client.put("/users/sue/follow", headers=tim)
+    for n in range(25):
+        p = post(client, sue, f"p{n}")
+        client.put(f"/posts/{p['id']}/like", headers=sue)
+        client.put(f"/posts/{p['id']}/repost", headers=tim)
+        client.post(f"/posts/{p['id']}/comments", json={"body": "c"}, headers=sue)
+    for path, headers, expected in [
+        ("/posts", None, ["list_posts"]),
+        ("/users/sue/posts", None, ["list_posts_of_user"]),
+        (f"/posts/{p['id']}", None, ["get_post"]),
+        ("/feed", tim, ["find_live_session", "feed"]),  # the token's session check, then the page
+    ]:
+        statements_sent.clear()
+        response = client.get(path, params={"limit": 20}, headers=headers)
+        assert response.status_code == 200
+        items = response.json().get("items", [response.json()])
+        assert len(items) == (1 if "items" not in response.json() else 20)
+        assert all(item["like_count"] == 1 and item["comment_count"] == 1 for item in items)
+        assert statements_sent == expected, path
+
+
+SEEDED = SeedSize(users=1000, posts=10_000, likes=50_000, reposts=10_000, comments=20_000, follows=10_000)
+
+
+async def _seeded_plans(settings: Settings) -> dict[str, str]:
+    create_schema(settings.database_url)
+    db: Database = open_database(settings)
+    await db.connect()
+    try:
+        await seed(db, SEEDED, bcrypt_rounds=4)
+        row = await db.fetch_one(
+            "SELECT u.id, u.username FROM follows f JOIN users u ON u.id = f.follower_id "
+            "GROUP BY u.id, u.username ORDER BY count(*) DESC LIMIT 1"
+        )
+        assert row is not None
+        values = {
+            "before_at": LATEST,
+            "before_id": 2**63 - 1,
+            "limit": 21,
+            "user_id": row[0],
+            "username": row[1],
+        }
+        plans = {}
+        async with db.connection() as connection:
+            for name in ("list_posts", "feed", "list_posts_of_user"):
+                statement = getattr(db.sql, name)
+                arguments = [values[parameter] for parameter in statement.parameters]
+                lines = await connection.raw_connection.fetch(f"EXPLAIN {statement.sql}", *arguments)
+                plans[name] = "\n".join(line[0] for line in lines)
+        return plans
+    finally:
+        await db.disconnect()
+
+
+def test_postgres_reads_seeded_posts_through_indexes(postgres_database: str, settings: Settings) -> None:
+    plans = asyncio.run(_seeded_plans(replace(settings, database_url=postgres_database)))
+    for name, plan in plans.items():
+        assert "Seq Scan on posts" not in plan, f"{name}:\n{plan}"
+        assert "Seq Scan on likes" not in plan, f"{name}:\n{plan}"
+        assert "Index" in plan, f"{name}:\n{plan}"
+
+
+def test_the_seed_command_loads_the_shape_it_is_asked_for(settings: Settings, database_url: str) -> None:
+    from tests.conftest import table_counts
+
+    async def run() -> dict[str, int]:
+        create_schema(settings.database_url)
+        db = open_database(settings)
+        await db.connect()
+        try:
+            return await seed(
+                db, SeedSize(users=30, posts=200, likes=500, reposts=100, comments=300, follows=50), 4
+            )
+        finally:
+            await db.disconnect()
+
+    loaded = asyncio.run(run())
+    assert loaded == {"users": 30, "posts": 200, "likes": 500, "reposts": 100, "comments": 300, "follows": 50}
+    counts = table_counts(database_url)
+    assert {kind: counts[kind] for kind in loaded} == loaded
+
+
+def test_seeded_users_can_sign_in(client: TestClient, settings: Settings) -> None:
+    from service.seed import SEED_PASSWORD
+
+    async def run() -> str:
+        db = open_database(settings)
+        await db.connect()
+        try:
+            await seed(db, SeedSize(users=2, posts=3, likes=1, reposts=1, comments=1, follows=1), 4)
+            row = await db.fetch_one("SELECT username FROM users ORDER BY id LIMIT 1")
+            assert row is not None
+            return str(row[0])
+        finally:
+            await db.disconnect()
+
+    username = asyncio.run(run())
+    token = login(client, username, SEED_PASSWORD)
+    assert client.get("/users/me", headers=bearer(token)).json()["username"] == username
