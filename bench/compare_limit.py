@@ -7,8 +7,9 @@ the rounds is reported, and the service's throughput as a ratio of the limit app
 
     python bench/compare_limit.py --database sqlite --database postgresql --scenario purchase
 
-Scenarios: purchase (POST /purchases with ../shared/bench/purchases.lua), compared with the limit
-app; batch (POST /purchases/batch, 1000 rows each, bench/batch.lua), the service alone, in rows/s.
+Scenarios: purchase (POST /purchases with ../shared/bench/purchases.lua) and posts (GET /posts?limit=20
+on the limit app's data shape, seeded with `python -m service seed`), compared with the limit app;
+batch (POST /purchases/batch, 1000 rows each, bench/batch.lua), the service alone, in rows/s.
 PostgreSQL: a fresh database is made on BENCH_POSTGRES_URL's server and dropped afterwards.
 """
 
@@ -37,7 +38,13 @@ BATCH_LUA = ROOT / "bench" / "batch.lua"
 SCENARIOS = {
     "purchase": ("POST /purchases", [f"-s{PURCHASES_LUA}"], "/", 1, True),
     "batch": ("POST /purchases/batch", [f"-s{BATCH_LUA}"], "/", 1000, False),
+    "posts": ("GET /posts?limit=20", [], "/posts?limit=20", 1, True),
 }
+# The limit app seeds 1,000 users, 10,000 posts, ~50,000 likes, 10,000 reposts, 20,000 comments.
+SEED_LIKE_LIMIT_APP = [
+    *("--users", "1000", "--posts", "10000", "--likes", "50000"),
+    *("--reposts", "10000", "--comments", "20000", "--follows", "10000"),
+]
 
 
 @dataclass
@@ -113,7 +120,13 @@ def compare(kind: str, scenario: str, seconds: int, connections: int, rounds: in
     title, wrk_args, path, rows_per_request, compared = SCENARIOS[scenario]
     service_port, limit_port = 8911, 8912
     with database(kind) as url:
-        env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "warning", "LIMIT_DB": url}
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "LIMIT_DB": url,
+            "LOG_LEVEL": "warning",  # no access log lines, as the limit app runs with --no-access-log
+            "SECRET_KEY": secrets.token_urlsafe(48),
+        }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         key = subprocess.run(
             [sys.executable, "-m", "service", "apikey", "create", "bench"],
@@ -123,6 +136,9 @@ def compare(kind: str, scenario: str, seconds: int, connections: int, rounds: in
             text=True,
             check=True,
         ).stdout.strip()
+        if scenario == "posts":
+            seed = [sys.executable, "-m", "service", "seed", *SEED_LIKE_LIMIT_APP]
+            subprocess.run(seed, env=env, cwd=ROOT, check=True, capture_output=True)
         wrk_env = {**os.environ, "API_KEY": key}
         service_args = [sys.executable, "-m", "service", "--port", str(service_port), "--workers", "1"]
         limit_args = [

@@ -50,7 +50,12 @@ def main() -> None:
     args = parser.parse_args()
     base = f"http://127.0.0.1:{args.port}"
     with tempfile.TemporaryDirectory() as folder:
-        env = {**os.environ, "DATABASE_URL": f"sqlite:///{folder}/bench.db", "LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"sqlite:///{folder}/bench.db",
+            "LOG_LEVEL": "warning",
+            "SECRET_KEY": "bench-" + "k" * 40,
+        }
         server = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(args.port)], env=env, cwd=ROOT
         )

@@ -28,6 +28,12 @@ def test_environment_overrides_dot_env_which_overrides_defaults(tmp_path: Path) 
     assert settings.log_format == "json"
 
 
+def test_the_pool_defaults_to_two_connections_on_sqlite_and_ten_on_postgres() -> None:
+    assert load_settings(environ={}, env_file=None).db_pool_max == 2
+    assert load_settings(environ={"DATABASE_URL": "postgresql://u@h/db"}, env_file=None).db_pool_max == 10
+    assert load_settings(environ={"DB_POOL_MAX": "4"}, env_file=None).db_pool_max == 4
+
+
 def test_postgres_scheme_alias_is_accepted() -> None:
     settings = load_settings(environ={"DATABASE_URL": "postgres://u@h/db"}, env_file=None)
     assert settings.database_url == "postgresql://u@h/db"
@@ -41,7 +47,7 @@ def test_postgres_scheme_alias_is_accepted() -> None:
         ("WORKERS", "0", "WORKERS must be between 1 and 64, got 0"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of text, json, got 'xml'"),
         ("DATABASE_URL", "mysql://x/y", "DATABASE_URL must start with sqlite:/// (and name a file)"),
-        ("DB_POOL_MIN", "20", "DB_POOL_MIN (20) must not be larger than DB_POOL_MAX (10)"),
+        ("DB_POOL_MIN", "20", "DB_POOL_MIN (20) must not be larger than DB_POOL_MAX (2)"),
     ],
 )
 def test_a_bad_setting_is_named_plainly(name: str, value: str, message: str) -> None:
