@@ -18,7 +18,8 @@ from starlette.responses import Response
 from service.auth import AuthSettings, Caller, auth_settings, database, requires_user, unauthorized
 from service.db import Database
 from service.errors import Problem
-from service.pagination import Page, PageQuery
+from service.openapi import documented
+from service.pagination import Page, PageQuery, page_of
 from service.responses import JSONResponse, no_content
 from service.timestamps import from_database, utc_now
 from service.tokens import issue_access_token
@@ -30,6 +31,12 @@ T = TypeVar("T")
 
 class Password(fields.String):
     """8 to 72 bytes of UTF-8: bcrypt reads no further than 72 bytes, so longer is refused, not cut."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        description = "8 to 72 bytes of UTF-8 (bcrypt's limit): 72 ASCII characters, fewer with accents."
+        # No NUL: C bcrypt implementations stop at it, so "a\0b" would hash as "a".
+        metadata = {"minLength": 8, "maxLength": 72, "pattern": "^[^\\u0000]*$", "description": description}
+        super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         password = super()._deserialize(value, attr, data, **kwargs)
@@ -59,7 +66,8 @@ class RegisterIn(Schema):
 
 class LoginIn(Schema):
     username = fields.String(required=True, validate=validate.Length(min=1, max=32))
-    password = Password(required=True)
+    # No length rule here: any password that is not the account's is simply wrong (401).
+    password = fields.String(required=True, validate=validate.Length(min=1, max=1024))
 
 
 class OAuth2PasswordForm(LoginIn):
@@ -72,6 +80,30 @@ class OAuth2PasswordForm(LoginIn):
     grant_type = fields.String(load_default="password", validate=validate.Equal("password"))
 
 
+class UserOut(Schema):
+    id = fields.Integer(required=True)
+    username = fields.String(required=True)
+    email = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class TokenOut(Schema):
+    access_token = fields.String(required=True)
+    token_type = fields.String(required=True, metadata={"examples": ["bearer"]})
+    expires_in = fields.Integer(
+        required=True, metadata={"description": "Seconds until the token and session end."}
+    )
+    session_id = fields.Integer(required=True)
+
+
+class SessionOut(Schema):
+    id = fields.Integer(required=True)
+    created_at = fields.DateTime(required=True)
+    expires_at = fields.DateTime(required=True)
+    current = fields.Boolean(required=True, metadata={"description": "The session of the token that asked."})
+
+
+SessionPage = page_of(SessionOut, "SessionPage")
 _register_in = RegisterIn()
 _login_in = LoginIn()
 _oauth2_form = OAuth2PasswordForm()
@@ -102,8 +134,14 @@ async def hash_password(password: str, rounds: int) -> bytes:
     return await _in_bcrypt_pool(bcrypt.hashpw, password.encode(), bcrypt.gensalt(rounds))
 
 
+def _checkpw(password: bytes, password_hash: bytes) -> bool:
+    # Registration allows 8 to 72 bytes, so a longer password never matches; bcrypt 5 would raise
+    # on it, so it is checked in 72 bytes (the same work) and refused.
+    return bcrypt.checkpw(password[:BCRYPT_MAX_BYTES], password_hash) and len(password) <= BCRYPT_MAX_BYTES
+
+
 async def password_matches(password: str, password_hash: bytes) -> bool:
-    return await _in_bcrypt_pool(bcrypt.checkpw, password.encode(), password_hash)
+    return await _in_bcrypt_pool(_checkpw, password.encode("utf-8", errors="surrogatepass"), password_hash)
 
 
 async def make_dummy_hash(rounds: int) -> bytes:
@@ -169,6 +207,7 @@ async def _login_body(request: Request) -> dict[str, Any]:
     return loaded
 
 
+@documented(body=RegisterIn, responses={201: UserOut}, errors=[409])
 async def register(request: Request) -> Response:
     """Create an account. 409 when the username or email is taken."""
     body = load(_register_in, await read_json(request))
@@ -178,6 +217,7 @@ async def register(request: Request) -> Response:
     return JSONResponse(user_json(row), status_code=201, headers={"Location": f"/users/{row['username']}"})
 
 
+@documented(body=LoginIn, form=OAuth2PasswordForm, responses={200: TokenOut}, errors=[401])
 async def login(request: Request) -> Response:
     """Check the password and open a session; the access token carries its id."""
     credentials = await _login_body(request)
@@ -204,6 +244,7 @@ async def login(request: Request) -> Response:
 
 
 @requires_user
+@documented(responses={204: None})
 async def logout(request: Request, caller: Caller) -> Response:
     """End the current session: its token stops working at once."""
     assert caller.session_id is not None
@@ -212,6 +253,7 @@ async def logout(request: Request, caller: Caller) -> Response:
 
 
 @requires_user
+@documented(query=PageQuery, responses={200: SessionPage})
 async def list_sessions(request: Request, caller: Caller) -> Response:
     """The caller's live sessions, newest first; `current` marks the one this token belongs to."""
     page = Page.from_query(load_query(_page_query, request))
@@ -232,6 +274,7 @@ async def list_sessions(request: Request, caller: Caller) -> Response:
 
 
 @requires_user
+@documented(responses={204: None})
 async def end_session(request: Request, caller: Caller) -> Response:
     """Revoke one of the caller's own sessions (another device's, say). 404 for anyone else's."""
     session_id = path_id(request)
@@ -241,6 +284,7 @@ async def end_session(request: Request, caller: Caller) -> Response:
 
 
 @requires_user
+@documented(responses={200: UserOut})
 async def me(request: Request, caller: Caller) -> Response:
     """The signed-in user's account."""
     db = database(request)

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
-from service import accounts, customers, operations, purchases, reports, social
+from service import accounts, customers, operations, pages, purchases, reports, social
 from service.auth import AuthSettings
 from service.config import Settings, load_settings
 from service.db import create_schema, open_database
@@ -30,8 +30,16 @@ from service.tokens import signing_key
 log = logging.getLogger("service")
 
 
+Handler = Callable[[Request], Awaitable[Response]]
+
+
 class TemplatedRoute(Route):
-    """A Route that leaves its path template (`/purchases/{id}`) in the scope for logs and metrics."""
+    """A Route that leaves its path template (`/purchases/{id}`) in the scope for logs and metrics.
+
+    `handlers` maps each method to its handler, for the OpenAPI document.
+    """
+
+    handlers: Mapping[str, Handler]
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child_scope = super().matches(scope)
@@ -40,13 +48,12 @@ class TemplatedRoute(Route):
         return match, child_scope
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
 def route(path: str, handlers: Handler | Mapping[str, Handler]) -> TemplatedRoute:
     """One route per path: a handler for GET, or a handler per method (so 405's Allow lists them all)."""
     if callable(handlers):
-        return TemplatedRoute(path, handlers, methods=["GET"])
+        single = TemplatedRoute(path, handlers, methods=["GET"])
+        single.handlers = {"GET": handlers}
+        return single
     by_method = dict(handlers)
 
     async def dispatch(request: Request) -> Response:
@@ -54,11 +61,16 @@ def route(path: str, handlers: Handler | Mapping[str, Handler]) -> TemplatedRout
         return await by_method[method](request)
 
     dispatch.__doc__ = " ".join(f"{method}: {handler.__doc__}" for method, handler in by_method.items())
-    return TemplatedRoute(path, dispatch, methods=list(by_method), name=path)
+    several = TemplatedRoute(path, dispatch, methods=list(by_method), name=path)
+    several.handlers = by_method
+    return several
 
 
 def all_routes() -> list[BaseRoute]:
     return [
+        route("/", pages.purchase_page),
+        route("/docs", pages.docs),
+        route("/openapi.json", pages.openapi_document),
         route("/health", operations.health),
         route("/ready", operations.ready),
         route("/metrics", operations.metrics),
@@ -87,6 +99,7 @@ def all_routes() -> list[BaseRoute]:
         route("/users/{username}/following", social.following),
         route("/users/{username}/follow", {"PUT": social.follow, "DELETE": social.unfollow}),
         route("/feed", social.feed),
+        *pages.static_mounts(),
     ]
 
 

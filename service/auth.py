@@ -100,7 +100,7 @@ Route = Callable[[Request], Awaitable[Response]]
 
 
 def _requiring(
-    find: Callable[[Request], Awaitable[Caller | None]], missing: str
+    find: Callable[[Request], Awaitable[Caller | None]], missing: str, security: list[dict[str, list[str]]]
 ) -> Callable[[Endpoint], Route]:
     def decorate(endpoint: Endpoint) -> Route:
         @functools.wraps(endpoint)
@@ -112,6 +112,7 @@ def _requiring(
                     raise unauthorized(missing)
                 return await endpoint(request, caller)
 
+        checked.security = security  # type: ignore[attr-defined]  # for the OpenAPI document
         return checked
 
     return decorate
@@ -121,11 +122,15 @@ async def _user_or_api_key(request: Request) -> Caller | None:
     return await user_caller(request) or await api_key_caller(request)
 
 
+BEARER: dict[str, list[str]] = {"bearerAuth": []}
+API_KEY: dict[str, list[str]] = {"apiKeyAuth": []}
 requires_user = _requiring(
-    user_caller, "Sign in and send the access token as: Authorization: Bearer <token>."
+    user_caller, "Sign in and send the access token as: Authorization: Bearer <token>.", [BEARER]
 )
 requires_caller = _requiring(
-    _user_or_api_key, "Send an access token (Authorization: Bearer <token>) or an API key (X-API-Key)."
+    _user_or_api_key,
+    "Send an access token (Authorization: Bearer <token>) or an API key (X-API-Key).",
+    [BEARER, API_KEY],
 )
 # Routes that serve machines only.
-requires_api_key = _requiring(api_key_caller, "Send an API key in the X-API-Key header.")
+requires_api_key = _requiring(api_key_caller, "Send an API key in the X-API-Key header.", [API_KEY])

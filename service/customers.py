@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from marshmallow import Schema, fields
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -11,7 +12,8 @@ from service.auth import Caller, database, requires_caller
 from service.db import Database
 from service.errors import Problem
 from service.money import format_cents
-from service.pagination import Page, PageQuery
+from service.openapi import documented
+from service.pagination import Page, PageQuery, page_of
 from service.responses import JSONResponse
 from service.timestamps import from_database
 from service.validation import NormalizedEmail, load_query, path_id
@@ -19,6 +21,33 @@ from service.validation import NormalizedEmail, load_query, path_id
 
 class CustomerQuery(PageQuery):
     email = NormalizedEmail(load_default=None)
+
+
+class CustomerOut(Schema):
+    id = fields.Integer(required=True)
+    email = fields.String(required=True)
+    name = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+
+
+class TopItemOut(Schema):
+    item = fields.String(required=True)
+    quantity = fields.Integer(required=True)
+    spent = fields.String(required=True, metadata={"examples": ["37.50"]})
+
+
+class SummaryOut(Schema):
+    customer_id = fields.Integer(required=True)
+    purchase_count = fields.Integer(required=True)
+    total_quantity = fields.Integer(required=True)
+    total_spent = fields.String(required=True)
+    first_purchase_at = fields.DateTime(required=True, allow_none=True)
+    last_purchase_at = fields.DateTime(required=True, allow_none=True)
+    top_items = fields.List(fields.Nested(TopItemOut), required=True)
+
+
+CustomerPage = page_of(CustomerOut, "CustomerPage")
 
 
 def customer_json(row: Any, prefix: str = "") -> dict[str, Any]:
@@ -72,6 +101,7 @@ _customer_query = CustomerQuery()
 
 
 @requires_caller
+@documented(query=CustomerQuery, responses={200: CustomerPage})
 async def list_customers(request: Request, caller: Caller) -> Response:
     """Customers, newest first; `?email=` finds the one with that address."""
     query = load_query(_customer_query, request)
@@ -85,12 +115,14 @@ async def list_customers(request: Request, caller: Caller) -> Response:
 
 
 @requires_caller
+@documented(responses={200: CustomerOut})
 async def show_customer(request: Request, caller: Caller) -> Response:
     """One customer."""
     return JSONResponse(customer_json(await require_customer(database(request), path_id(request))))
 
 
 @requires_caller
+@documented(responses={200: SummaryOut})
 async def show_customer_summary(request: Request, caller: Caller) -> Response:
     """One customer's purchase count, totals, first and last purchase, and top five items by spend."""
     customer_id = path_id(request)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -32,6 +33,12 @@ class Price(fields.Field[int]):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise self.make_error("invalid")
+        if isinstance(value, float) and math.isfinite(value) and 0 <= value < MAX_PRICE:
+            # A JSON number is a binary float: 0.57 may arrive as 0.5700000000000001. Within
+            # floating-point error of whole cents it is those cents; 12.345 is still refused.
+            float_cents = value * 100
+            if abs(float_cents - round(float_cents)) < 1e-6:
+                return round(float_cents)
         try:
             amount = Decimal(value.strip() if isinstance(value, str) else str(value))
         except InvalidOperation:

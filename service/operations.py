@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from marshmallow import Schema, fields
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -11,16 +12,23 @@ from service.auth import database
 from service.db import is_database_unavailable
 from service.errors import Problem
 from service.metrics import exposition, observe_pool
+from service.openapi import documented
 from service.responses import JSONResponse
 
 log = logging.getLogger("service.operations")
 
 
+class StatusOut(Schema):
+    status = fields.String(required=True)
+
+
+@documented(responses={200: StatusOut})
 async def health(request: Request) -> Response:
     """200 while the process serves; touches no database."""
     return JSONResponse({"status": "ok"})
 
 
+@documented(responses={200: StatusOut})
 async def ready(request: Request) -> Response:
     """200 when the database answers, 503 while it does not (and 200 again once it is back)."""
     try:
@@ -33,6 +41,7 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+@documented(responses={200: "text/plain"})
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
     observe_pool(*database(request).pool_stats())

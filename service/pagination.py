@@ -19,12 +19,16 @@ DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 
 
-class Cursor(fields.Field[tuple[datetime, int]]):
+class Cursor(fields.Field[tuple[datetime, int] | None]):
     """base64url of `["<timestamp>", <id>]`: the sort key of the last row already seen."""
 
     default_error_messages = {"invalid": "Not a valid cursor; pass next_cursor from the previous page."}  # noqa: RUF012
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> tuple[datetime, int]:
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> tuple[datetime, int] | None:
+        if value == "":
+            return None  # `?cursor=` is page one
         try:
             padded = str(value) + "=" * (-len(str(value)) % 4)
             moment, row_id = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
@@ -79,3 +83,14 @@ class Page:
             last = items[-1]
             next_cursor = encode_cursor(last[sort_key], last["id"])
         return {"items": [shape(row) for row in items], "next_cursor": next_cursor}
+
+
+def page_of(item: type[Schema], name: str) -> type[Schema]:
+    """A page of `item`s, `{"items": [...], "next_cursor": ... | null}`, for the OpenAPI document."""
+    return Schema.from_dict(
+        {
+            "items": fields.List(fields.Nested(item), required=True),
+            "next_cursor": fields.String(required=True, allow_none=True),
+        },
+        name=name,
+    )

@@ -12,12 +12,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.auth import Caller, database, requires_caller
-from service.customers import customer_json, require_customer
+from service.customers import CustomerOut, customer_json, require_customer
 from service.db import Database
 from service.errors import Problem
 from service.idempotency import StoredResponse, idempotency_key, request_fingerprint, run_once
 from service.money import CURRENCY, Price, format_cents
-from service.pagination import Page, PageQuery
+from service.openapi import documented
+from service.pagination import Page, PageQuery, page_of
 from service.responses import JSONResponse
 from service.timestamps import EARLIEST, LATEST, from_database, to_text, utc_now
 from service.validation import (
@@ -62,6 +63,29 @@ class PurchaseQuery(PageQuery):
     until = UtcDateTime(load_default=None)
 
 
+class PurchaseOut(Schema):
+    id = fields.Integer(required=True)
+    customer = fields.Nested(CustomerOut, required=True)
+    customer_created = fields.Boolean(
+        metadata={"description": "Only in the response to POST: whether this purchase created the customer."}
+    )
+    item = fields.String(required=True)
+    quantity = fields.Integer(required=True)
+    unit_price = fields.String(required=True, metadata={"examples": ["12.50"]})
+    total = fields.String(required=True, metadata={"examples": ["25.00"]})
+    currency = fields.String(required=True, metadata={"examples": ["USD"]})
+    purchased_at = fields.DateTime(required=True)
+    captured_by = fields.String(required=True, metadata={"examples": ["api_key:billing", "user:tim"]})
+
+
+class BatchOut(Schema):
+    created = fields.Integer(required=True)
+    customers_created = fields.Integer(required=True)
+    customers_updated = fields.Integer(required=True)
+    ids = fields.List(fields.Integer(), required=True)
+
+
+PurchasePage = page_of(PurchaseOut, "PurchasePage")
 _purchase_in = PurchaseIn()
 _batch_in = BatchIn()
 _purchase_query = PurchaseQuery()
@@ -200,6 +224,7 @@ async def _respond_once(
 
 
 @requires_caller
+@documented(body=PurchaseIn, responses={201: PurchaseOut}, errors=[409], idempotent=True)
 async def create_purchase(request: Request, caller: Caller) -> Response:
     """Record a purchase; the customer (by email) is created or updated. Honours Idempotency-Key."""
     body = await read_json(request)
@@ -214,6 +239,7 @@ async def create_purchase(request: Request, caller: Caller) -> Response:
 
 
 @requires_caller
+@documented(body=BatchIn, responses={201: BatchOut}, errors=[409], idempotent=True)
 async def create_purchase_batch(request: Request, caller: Caller) -> Response:
     """Record 1 to 1000 purchases, all or nothing. Honours Idempotency-Key."""
     body = await read_json(request)
@@ -228,6 +254,7 @@ async def create_purchase_batch(request: Request, caller: Caller) -> Response:
 
 
 @requires_caller
+@documented(responses={200: PurchaseOut})
 async def show_purchase(request: Request, caller: Caller) -> Response:
     """One purchase, with its customer as the customer is now."""
     purchase_id = path_id(request)
@@ -238,6 +265,7 @@ async def show_purchase(request: Request, caller: Caller) -> Response:
 
 
 @requires_caller
+@documented(query=PurchaseQuery, responses={200: PurchasePage})
 async def index_purchases(request: Request, caller: Caller) -> Response:
     """Purchases newest first; filter by customer_id, item, and purchased_at in [since, until)."""
     query = load_query(_purchase_query, request)
@@ -247,6 +275,7 @@ async def index_purchases(request: Request, caller: Caller) -> Response:
 
 
 @requires_caller
+@documented(query=PurchaseQuery, responses={200: PurchasePage})
 async def customer_purchases(request: Request, caller: Caller) -> Response:
     """One customer's purchases, newest first (same filters as /purchases)."""
     customer_id = path_id(request)

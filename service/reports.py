@@ -12,6 +12,7 @@ from starlette.responses import Response
 from service.auth import Caller, database, requires_caller
 from service.db import Database
 from service.money import format_cents
+from service.openapi import documented
 from service.responses import JSONResponse
 from service.timestamps import EARLIEST, LATEST
 from service.validation import UtcDateTime, load_query
@@ -26,6 +27,20 @@ class SalesQuery(Schema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
+class SalesRowOut(Schema):
+    key = fields.String(
+        required=True, metadata={"description": "The item, the customer's email, or the UTC day."}
+    )
+    purchases = fields.Integer(required=True)
+    quantity = fields.Integer(required=True)
+    revenue = fields.String(required=True, metadata={"examples": ["1250.00"]})
+
+
+class SalesReportOut(Schema):
+    group_by = fields.String(required=True)
+    rows = fields.List(fields.Nested(SalesRowOut), required=True)
+
+
 async def sales_report(
     db: Database, group_by: str, since: datetime, until: datetime, limit: int
 ) -> list[Any]:
@@ -37,6 +52,7 @@ _sales_query = SalesQuery()
 
 
 @requires_caller
+@documented(query=SalesQuery, responses={200: SalesReportOut})
 async def sales(request: Request, caller: Caller) -> Response:
     """Totals per item, customer (email) or UTC day in [since, until); by revenue, or by day ascending."""
     query = load_query(_sales_query, request)

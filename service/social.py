@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema
+from marshmallow import Schema, fields
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service.auth import Caller, database, requires_user
 from service.db import Database
 from service.errors import Problem, ValidationProblem
-from service.pagination import Page, PageQuery
+from service.openapi import documented
+from service.pagination import Page, PageQuery, page_of
 from service.responses import JSONResponse, created, no_content
 from service.timestamps import from_database, utc_now
 from service.validation import Text, load_query, path_id, read_valid_json
@@ -29,6 +30,42 @@ class CommentIn(Schema):
     body = Text(max=1000, required=True)
 
 
+class PostOut(Schema):
+    id = fields.Integer(required=True)
+    author = fields.String(required=True)
+    content = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+    like_count = fields.Integer(required=True)
+    repost_count = fields.Integer(required=True)
+    comment_count = fields.Integer(required=True)
+
+
+class CommentOut(Schema):
+    id = fields.Integer(required=True)
+    post_id = fields.Integer(required=True)
+    author = fields.String(required=True)
+    body = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+
+
+class ProfileOut(Schema):
+    id = fields.Integer(required=True)
+    username = fields.String(required=True)
+    created_at = fields.DateTime(required=True)
+    post_count = fields.Integer(required=True)
+    follower_count = fields.Integer(required=True)
+    following_count = fields.Integer(required=True)
+
+
+class FollowedUserOut(Schema):
+    id = fields.Integer(required=True)
+    username = fields.String(required=True)
+    followed_at = fields.DateTime(required=True)
+
+
+PostPage = page_of(PostOut, "PostPage")
+CommentPage = page_of(CommentOut, "CommentPage")
+FollowedUserPage = page_of(FollowedUserOut, "FollowedUserPage")
 _post_in = PostIn()
 _comment_in = CommentIn()
 _page_query = PageQuery()
@@ -82,6 +119,7 @@ async def _require_user(db: Database, username: str) -> Any:
 
 
 @requires_user
+@documented(body=PostIn, responses={201: PostOut})
 async def create_post(request: Request, caller: Caller) -> Response:
     """Publish a post (1 to 280 characters)."""
     body = await read_valid_json(request, _post_in)
@@ -94,6 +132,7 @@ async def create_post(request: Request, caller: Caller) -> Response:
     return created(post_json(post), f"/posts/{row['id']}")
 
 
+@documented(responses={200: PostOut})
 async def show_post(request: Request) -> Response:
     """One post with its author and counts."""
     post_id = path_id(request)
@@ -104,6 +143,7 @@ async def show_post(request: Request) -> Response:
     return JSONResponse(post_json(row))
 
 
+@documented(query=PageQuery, responses={200: PostPage})
 async def list_posts(request: Request) -> Response:
     """All posts, newest first, with counts."""
     page = _page(request)
@@ -112,6 +152,7 @@ async def list_posts(request: Request) -> Response:
 
 
 @requires_user
+@documented(responses={204: None}, errors=[403])
 async def delete_post(request: Request, caller: Caller) -> Response:
     """Delete your own post, with its likes, reposts and comments. 403 for someone else's."""
     post_id = path_id(request)
@@ -126,6 +167,7 @@ async def delete_post(request: Request, caller: Caller) -> Response:
 
 
 @requires_user
+@documented(body=CommentIn, responses={201: CommentOut})
 async def create_comment(request: Request, caller: Caller) -> Response:
     """Comment on a post (1 to 1000 characters)."""
     post_id = path_id(request)
@@ -140,6 +182,7 @@ async def create_comment(request: Request, caller: Caller) -> Response:
     return created(comment_json({**dict(row), "author": caller.name}), f"/posts/{post_id}/comments")
 
 
+@documented(query=PageQuery, responses={200: CommentPage})
 async def list_comments(request: Request) -> Response:
     """A post's comments, oldest first."""
     post_id = path_id(request)
@@ -166,24 +209,28 @@ async def _react(request: Request, caller: Caller, statement_name: str) -> Respo
 
 
 @requires_user
+@documented(responses={204: None})
 async def like(request: Request, caller: Caller) -> Response:
     """Like a post (again is fine)."""
     return await _react(request, caller, "like_post")
 
 
 @requires_user
+@documented(responses={204: None})
 async def unlike(request: Request, caller: Caller) -> Response:
     """Take back a like (none is fine)."""
     return await _react(request, caller, "unlike_post")
 
 
 @requires_user
+@documented(responses={204: None})
 async def repost(request: Request, caller: Caller) -> Response:
     """Repost a post (again is fine)."""
     return await _react(request, caller, "repost_post")
 
 
 @requires_user
+@documented(responses={204: None})
 async def unrepost(request: Request, caller: Caller) -> Response:
     """Take back a repost (none is fine)."""
     return await _react(request, caller, "unrepost_post")
@@ -206,17 +253,20 @@ async def _follow_change(request: Request, caller: Caller, statement_name: str) 
 
 
 @requires_user
+@documented(responses={204: None}, errors=[422])
 async def follow(request: Request, caller: Caller) -> Response:
     """Follow a user (again is fine; yourself is 422)."""
     return await _follow_change(request, caller, "follow_user")
 
 
 @requires_user
+@documented(responses={204: None}, errors=[422])
 async def unfollow(request: Request, caller: Caller) -> Response:
     """Stop following a user (not following is fine)."""
     return await _follow_change(request, caller, "unfollow_user")
 
 
+@documented(responses={200: ProfileOut})
 async def show_user(request: Request) -> Response:
     """A user's public profile with post, follower and following counts."""
     db = database(request)
@@ -246,22 +296,26 @@ async def _user_list(request: Request, statement_name: str, shape: Any, sort_key
     return JSONResponse(page.respond(rows, shape, sort_key=sort_key))
 
 
+@documented(query=PageQuery, responses={200: PostPage})
 async def user_posts(request: Request) -> Response:
     """A user's posts, newest first, with counts."""
     return await _user_list(request, "list_posts_of_user", post_json, "created_at")
 
 
+@documented(query=PageQuery, responses={200: FollowedUserPage})
 async def followers(request: Request) -> Response:
     """Who follows this user, most recent first."""
     return await _user_list(request, "list_followers", followed_user_json, "followed_at")
 
 
+@documented(query=PageQuery, responses={200: FollowedUserPage})
 async def following(request: Request) -> Response:
     """Whom this user follows, most recent first."""
     return await _user_list(request, "list_following", followed_user_json, "followed_at")
 
 
 @requires_user
+@documented(query=PageQuery, responses={200: PostPage})
 async def feed(request: Request, caller: Caller) -> Response:
     """Your timeline: your posts and those of everyone you follow, newest first, with counts."""
     page = _page(request)

@@ -16,8 +16,14 @@ def utc_now() -> datetime:
 
 
 def to_text(moment: datetime) -> str:
-    """The wire format, and what SQLite stores: `2026-11-22T10:00:00.123456Z`."""
-    return moment.astimezone(UTC).strftime(_FORMAT)
+    """The wire format, and what SQLite stores: `2026-11-22T10:00:00.123456Z`.
+
+    Written out by hand: strftime's %Y does not pad years before 1000 ("518-..."), which is
+    neither ISO 8601 nor in order when SQLite compares the text.
+    """
+    m = moment.astimezone(UTC)
+    clock = f"{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{m.microsecond:06d}"
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{clock}Z"
 
 
 def from_database(value: datetime | str | None) -> str | None:

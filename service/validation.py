@@ -17,6 +17,8 @@ from service.errors import Problem, ValidationProblem
 JSON_TYPES = ("application/json",)
 MAX_ID = 2**63 - 1  # ids are 64-bit: a larger one names nothing
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_ALLOWED = r"[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]"
+TEXT_PATTERN = f"^{_ALLOWED}*[^\\s\\u0000-\\u001f\\u007f]{_ALLOWED}*$"
 
 
 def _refuse_constant(name: str) -> None:
@@ -82,6 +84,9 @@ class Text(fields.String):
     """
 
     def __init__(self, *, min: int = 1, max: int, **kwargs: Any) -> None:
+        # The same rule as a JSON Schema pattern, for the OpenAPI document: at least one visible
+        # character, and no control characters but tab, newline and carriage return.
+        kwargs.setdefault("metadata", {"pattern": TEXT_PATTERN})
         super().__init__(validate=validate.Length(min=min, max=max), **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
@@ -108,12 +113,15 @@ class NormalizedEmail(fields.Email):
 
 
 class WholeNumber(fields.Integer):
-    """A JSON integer: not a string, not a fraction, not true/false."""
+    """A JSON integer (3 or 3.0): not a string, not a fraction, not true/false."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(strict=True, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+        # 3.0 is an integer in JSON Schema's terms, so it is one here; 3.5 and "3" are not.
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.make_error("invalid")
         return int(super()._deserialize(value, attr, data, **kwargs))

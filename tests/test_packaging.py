@@ -76,6 +76,9 @@ def test_the_installed_service_starts_outside_the_repo_and_is_ready(
     args = [str(installed_service), "-m", "service", "--port", str(port)]
     with running_service(args, env, port, cwd=tmp_path) as base:
         assert httpx.get(f"{base}/ready").json() == {"status": "ready"}
+        # The page's files and the docs' assets travel in the wheel and its dependencies.
+        for path in ("/", "/static/page.js", "/docs", "/docs/assets/swagger-ui-bundle.js", "/openapi.json"):
+            assert httpx.get(f"{base}{path}").status_code == 200, path
     # It must not have been the checkout that answered.
     where = subprocess.run(
         [str(installed_service), "-c", "import service; print(service.__file__)"],

@@ -214,3 +214,17 @@ def test_bad_report_parameters_are_422(authed: TestClient, query: str) -> None:
     response = authed.get(f"/reports/sales?{query}")
     assert response.status_code == 422
     assert response.json()["errors"]
+
+
+def test_timestamps_before_the_year_1000_keep_four_digits_and_their_order(authed: TestClient) -> None:
+    # Found by Schemathesis: strftime's %Y wrote "518-11-20...", which is not ISO 8601 and sorts
+    # after "2026-..." as SQLite text.
+    old = authed.post("/purchases", json=purchase(purchased_at="0518-11-20T03:00:00.201+00:00")).json()
+    new = authed.post("/purchases", json=purchase(purchased_at="2026-11-20T03:00:00Z")).json()
+    assert old["purchased_at"] == "0518-11-20T03:00:00.201000Z"
+    listed = authed.get("/purchases").json()["items"]
+    assert [p["id"] for p in listed] == [new["id"], old["id"]]
+    assert (
+        authed.get("/purchases", params={"until": "1000-01-01T00:00:00Z"}).json()["items"][0]["id"]
+        == old["id"]
+    )
