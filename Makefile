@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format clean
+.PHONY: run test lint format bench clean
 
 run: $(VENV)/.installed-run  ## serve on SQLite at ./data/ (no configuration needed)
 	$(BIN)/python -m service
@@ -15,6 +15,9 @@ lint: $(VENV)/.installed-test  ## ruff and mypy, as CI runs them
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
 	$(BIN)/mypy
+
+bench: $(VENV)/.installed-bench  ## both databases, every scenario, beside the limit app (BENCH_ARGS=...)
+	$(BIN)/python -m service bench $(BENCH_ARGS)
 
 format: $(VENV)/.installed-test
 	$(BIN)/ruff format service tests bench
@@ -28,6 +31,10 @@ $(VENV)/bin/python:
 
 $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-bench: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python

@@ -46,6 +46,47 @@ def _parser() -> argparse.ArgumentParser:
             help=f"how many {kind} (default {getattr(defaults, kind)})",
         )
     seed.add_argument("--random-seed", type=int, default=42, help="same seed, same shape of data")
+
+    bench = commands.add_parser(
+        "bench", help="load-test the databases through the service, beside the limit app"
+    )
+    bench.add_argument(
+        "--database",
+        action="append",
+        choices=["sqlite", "postgresql"],
+        help="repeat for several (default: both)",
+    )
+    bench.add_argument(
+        "--scenario",
+        action="append",
+        choices=["purchase", "batch", "posts", "feed", "summary", "mixed"],
+        help="repeat for several (default: all)",
+    )
+    bench.add_argument("--workers", type=int, default=1, help="service workers (default 1)")
+    bench.add_argument("--seconds", type=int, default=10, help="length of one run (default 10)")
+    bench.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    bench.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median is reported")
+    bench.add_argument("--generator", choices=["wrk", "builtin"], help="default: wrk when installed")
+    bench.add_argument(
+        "--limit-app", default="../shared/bench/limit_app.py", help="the speed limit to compare with"
+    )
+    bench.add_argument(
+        "--postgres-url",
+        default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="a server to make a fresh benchmark database on (BENCH_POSTGRES_URL)",
+    )
+    bench.add_argument("--output", default="bench-results", help="folder for bench.json and bench.png")
+    bench.add_argument(
+        "--port", type=int, default=8911, help="the service's port (the limit app takes the next)"
+    )
+    for kind in ("users", "posts", "likes", "reposts", "comments", "follows"):
+        bench.add_argument(
+            f"--{kind}",
+            type=int,
+            default=getattr(defaults, kind),
+            metavar="N",
+            help=f"seeded {kind} (default {getattr(defaults, kind)})",
+        )
     return parser
 
 
@@ -160,6 +201,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return apikey(settings, args.action, getattr(args, "name", None))
     if args.command == "seed":
         return seed(settings, args)
+    if args.command == "bench":
+        from pathlib import Path
+
+        from service.bench import SCENARIOS, run_bench
+
+        args.database = args.database or ["sqlite", "postgresql"]
+        args.scenario = args.scenario or list(SCENARIOS)
+        return run_bench(args, Path.cwd())
     serve(settings, args.host, args.port, args.workers)
     return 0
 

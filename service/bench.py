@@ -1,0 +1,548 @@
+"""`python -m service bench`: load-test a database through the service, beside the stack's speed limit.
+
+For each database it makes a fresh one, seeds it, starts the service (N workers) and - for the
+scenarios it has too - `../shared/bench/limit_app.py` on the same database, then drives each
+scenario with the same load: wrk when it is installed, a built-in asyncio generator otherwise.
+Rounds alternate between the service and the limit app, so drift on a shared machine hits both;
+medians are reported. Output: a table, the same as JSON, and a PNG chart (with matplotlib).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+# (method, path, body, extra headers) of one request.
+Request = tuple[str, str, bytes | None, dict[str, str]]
+
+
+@dataclass
+class Context:
+    """What a scenario's requests need: credentials and how much data there is."""
+
+    api_key: str
+    token: str
+    customers: int
+
+
+def _purchase(rng: random.Random, ctx: Context) -> Request:
+    # The same draw as ../shared/bench/purchases.lua: 5,000 emails, about half new customers.
+    n = rng.randint(1, 5000)
+    body = {
+        "customer": {"email": f"Cust{n}@Example.com", "name": f"Customer {n}"},
+        "item": f"item{rng.randint(1, 50)}",
+        "quantity": rng.randint(1, 5),
+        "unit_price": "12.50",
+    }
+    return "POST", "/purchases", orjson.dumps(body), {"X-API-Key": ctx.api_key}
+
+
+def _batch(rng: random.Random, ctx: Context) -> Request:
+    purchases = []
+    for _ in range(1000):
+        n = rng.randint(1, 5000)
+        purchases.append(
+            {
+                "customer": {"email": f"cust{n}@example.com", "name": f"Customer {n}"},
+                "item": f"item{rng.randint(1, 50)}",
+                "quantity": rng.randint(1, 5),
+                "unit_price": "12.50",
+            }
+        )
+    return "POST", "/purchases/batch", orjson.dumps({"purchases": purchases}), {"X-API-Key": ctx.api_key}
+
+
+def _posts(rng: random.Random, ctx: Context) -> Request:
+    return "GET", "/posts?limit=20", None, {}
+
+
+def _feed(rng: random.Random, ctx: Context) -> Request:
+    return "GET", "/feed?limit=20", None, {"Authorization": f"Bearer {ctx.token}"}
+
+
+def _summary(rng: random.Random, ctx: Context) -> Request:
+    return "GET", f"/customers/{rng.randint(1, ctx.customers)}/summary", None, {"X-API-Key": ctx.api_key}
+
+
+def _mixed(rng: random.Random, ctx: Context) -> Request:
+    # A day in the life: mostly reading the feed and posts, a purchase every fifth request.
+    roll = rng.random()
+    pick = _purchase if roll < 0.2 else _posts if roll < 0.6 else _feed if roll < 0.85 else _summary
+    return pick(rng, ctx)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    make: Callable[[random.Random, Context], Request]
+    rows_per_request: int = 1
+    compared: bool = False  # the limit app serves it too
+    connections: int | None = None  # instead of --connections (1000-row batches want fewer)
+
+
+SCENARIOS = {
+    s.name: s
+    for s in (
+        Scenario("purchase", "POST /purchases", _purchase, compared=True),
+        Scenario("batch", "POST /purchases/batch (1000 rows)", _batch, rows_per_request=1000, connections=4),
+        Scenario("posts", "GET /posts?limit=20", _posts, compared=True),
+        Scenario("feed", "GET /feed?limit=20", _feed),
+        Scenario("summary", "GET /customers/{id}/summary", _summary),
+        Scenario("mixed", "mixed: 60% posts/feed, 20% purchases, 15% summary", _mixed),
+    )
+}
+
+
+@dataclass
+class Run:
+    requests_per_second: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    non_2xx: int
+    errors: int
+    requests: int = 0
+
+
+# The built-in load generator: keep-alive HTTP/1.1 over asyncio streams, one request at a time
+# on each connection, like wrk; every latency is kept, so percentiles are exact.
+
+
+async def _one_connection(
+    host: str,
+    port: int,
+    make: Callable[[], Request],
+    until: float,
+    latencies: list[float],
+    tally: dict[str, int],
+) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < until:
+            method, path, body, headers = make()
+            head = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
+            head += [f"{name}: {value}" for name, value in headers.items()]
+            if body is not None:
+                head += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+            started = time.perf_counter()
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + (body or b""))
+            status_line = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.lower() == "content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            if not status_line.split(b" ")[1].startswith(b"2"):
+                tally["non_2xx"] += 1
+    except (OSError, asyncio.IncompleteReadError, IndexError, ValueError):
+        tally["errors"] += 1
+    finally:
+        writer.close()
+
+
+async def builtin_load(url: str, make: Callable[[], Request], seconds: float, connections: int) -> Run:
+    host, port = url.split("//", 1)[1].split(":")
+    latencies: list[float] = []
+    tally = {"non_2xx": 0, "errors": 0}
+    started = time.perf_counter()
+    until = started + seconds
+    await asyncio.gather(
+        *(_one_connection(host, int(port), make, until, latencies, tally) for _ in range(connections))
+    )
+    elapsed = time.perf_counter() - started
+    ordered = sorted(latencies) or [0.0]
+
+    def percentile(share: float) -> float:
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000
+
+    return Run(
+        len(latencies) / elapsed,
+        percentile(0.5),
+        percentile(0.9),
+        percentile(0.99),
+        ordered[-1] * 1000,
+        tally["non_2xx"],
+        tally["errors"],
+        len(latencies),
+    )
+
+
+# wrk, when installed: the scenario's requests are written into a Lua script, drawn at random.
+
+
+def _wrk_script(requests: list[Request], folder: Path) -> Path:
+    lines = ["local requests = {}"]
+    for method, path, body, headers in requests:
+        all_headers = dict(headers)
+        if body is not None:
+            all_headers["Content-Type"] = "application/json"
+        lua_headers = ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in all_headers.items())
+        lua_body = json.dumps(body.decode()) if body is not None else "nil"
+        call = f"wrk.format({json.dumps(method)}, {json.dumps(path)}, {{{lua_headers}}}, {lua_body})"
+        lines.append(f"requests[#requests + 1] = {call}")
+    lines += [
+        "math.randomseed(os.time())",
+        "request = function() return requests[math.random(#requests)] end",
+    ]
+    script = folder / f"scenario-{secrets.token_hex(4)}.lua"
+    script.write_text("\n".join(lines))
+    return script
+
+
+def _milliseconds(text: str) -> float:
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk_load(url: str, script: Path | None, seconds: int, connections: int) -> Run:
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    out = subprocess.run(
+        [*args, *([f"-s{script}"] if script else []), url], capture_output=True, text=True, check=True
+    ).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> Run:
+    """wrk --latency's report -> a Run."""
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    points = {p: _milliseconds(v) for p, v in re.findall(r"^\s+(50|90|99)%\s+(\S+)", out, re.MULTILINE)}
+    latency_max = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return Run(
+        rate,
+        points.get("50", 0.0),
+        points.get("90", 0.0),
+        points.get("99", 0.0),
+        _milliseconds(latency_max.group(1)) if latency_max else 0.0,
+        int(bad.group(1)) if bad else 0,
+        sum(map(int, errors.groups())) if errors else 0,
+        int(total.group(1)) if (total := re.search(r"(\d+) requests in", out)) else 0,
+    )
+
+
+# Orchestration: databases, servers, rounds.
+
+
+@dataclass
+class Result:
+    database: str
+    scenario: str
+    title: str
+    workers: int
+    service: Run
+    rows_per_second: float
+    limit: Run | None = None
+    ratio: float | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _median_run(runs: list[Run]) -> Run:
+    def middle(name: str) -> float:
+        return float(statistics.median(getattr(run, name) for run in runs))
+
+    return Run(
+        middle("requests_per_second"),
+        middle("p50_ms"),
+        middle("p90_ms"),
+        middle("p99_ms"),
+        max(run.max_ms for run in runs),
+        sum(run.non_2xx for run in runs),
+        sum(run.errors for run in runs),
+        sum(run.requests for run in runs),
+    )
+
+
+@contextlib.contextmanager
+def fresh_database(kind: str, admin_url: str) -> Iterator[str]:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+            yield f"sqlite:///{folder}/bench.db"
+        return
+    import psycopg
+
+    name = f"bench_{secrets.token_hex(4)}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def server(args: list[str], env: dict[str, str], probe: str, cwd: Path) -> Iterator[None]:
+    process = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"{args[2]} exited with {process.returncode} before answering {probe}")
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(probe, timeout=1)
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{probe} did not answer in time")
+            time.sleep(0.2)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _post_json(url: str, body: Any, headers: dict[str, str]) -> Any:
+    request = urllib.request.Request(url, orjson.dumps(body), {"Content-Type": "application/json", **headers})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read() or b"null")
+
+
+def seed_database(url: str, size: Any) -> str:
+    """Seed the social data set; the username of the seeded user who follows the most others."""
+    from dataclasses import replace
+
+    from service.config import load_settings
+    from service.db import create_schema, open_database
+    from service.seed import seed
+
+    async def run() -> str:
+        create_schema(url)
+        db = open_database(replace(load_settings(environ={}, env_file=None), database_url=url))
+        await db.connect()
+        try:
+            await seed(db, size, bcrypt_rounds=4)
+            row = await db.fetch_one(db.sql.busiest_follower, {})
+            return str(row["username"]) if row else ""
+        finally:
+            await db.disconnect()
+
+    return asyncio.run(run())
+
+
+def prepare(base: str, env: dict[str, str], root: Path, reader: str, say: Callable[[str], None]) -> Context:
+    """An API key, the reader signed in, and 5,000 customers with purchases (for the summary)."""
+    from service.seed import SEED_PASSWORD
+
+    key = subprocess.run(
+        [sys.executable, "-m", "service", "apikey", "create", f"bench-{secrets.token_hex(3)}"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    token = _post_json(f"{base}/auth/login", {"username": reader, "password": SEED_PASSWORD}, {})[
+        "access_token"
+    ]
+    ctx = Context(api_key=key, token=token, customers=5000)
+    say("  recording 10,000 purchases for up to 5,000 customers (for the summary scenario)")
+    rng = random.Random(7)
+    for _ in range(10):
+        _, path, body, headers = _batch(rng, ctx)
+        _post_json(f"{base}{path}", orjson.loads(body or b"{}"), headers)
+    # Customer ids are 1..newest (nothing is deleted): the summary scenario draws among them.
+    request = urllib.request.Request(f"{base}/customers?limit=1", headers={"X-API-Key": key})
+    with urllib.request.urlopen(request) as response:
+        ctx.customers = json.loads(response.read())["items"][0]["id"]
+    return ctx
+
+
+def _drive(url: str, scenario: Scenario, ctx: Context, options: Any, folder: Path) -> Run:
+    connections = scenario.connections or options.connections
+    rng = random.Random(secrets.randbits(32))
+    if options.generator == "wrk":
+        sample = [scenario.make(rng, ctx) for _ in range(1 if scenario.make is _posts else 200)]
+        script = None if scenario.make is _posts else _wrk_script(sample, folder)
+        return wrk_load(url, script, options.seconds, connections)
+    return asyncio.run(builtin_load(url, lambda: scenario.make(rng, ctx), options.seconds, connections))
+
+
+def bench_database(kind: str, options: Any, root: Path, say: Callable[[str], None]) -> list[Result]:
+    results: list[Result] = []
+    service_port, limit_port = options.port, options.port + 1
+    with fresh_database(kind, options.postgres_url) as url, tempfile.TemporaryDirectory() as folder:
+        say(f"{kind}: seeding {options.users} users, {options.posts} posts, {options.likes} likes ...")
+        reader = seed_database(url, _size(options))
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "LIMIT_DB": url,
+            "LOG_LEVEL": "warning",
+            "SECRET_KEY": secrets.token_urlsafe(48),
+            "WORKERS": str(options.workers),
+        }
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        service_args = [sys.executable, "-m", "service", "--port", str(service_port)]
+        limit_app = Path(options.limit_app)
+        compare = limit_app.is_file() and any(SCENARIOS[name].compared for name in options.scenario)
+        limit_args = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "limit_app:app",
+            "--port",
+            str(limit_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+        ]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(server(service_args, env, f"http://127.0.0.1:{service_port}/health", root))
+            if compare:
+                stack.enter_context(
+                    server(limit_args, env, f"http://127.0.0.1:{limit_port}/posts?limit=1", limit_app.parent)
+                )
+            ctx = prepare(f"http://127.0.0.1:{service_port}", env, root, reader, say)
+            for name in options.scenario:
+                scenario = SCENARIOS[name]
+                targets = {"service": service_port}
+                if compare and scenario.compared:
+                    targets["limit"] = limit_port
+                runs: dict[str, list[Run]] = {target: [] for target in targets}
+                for round_number in range(1, options.rounds + 1):
+                    for target, port in targets.items():
+                        say(f"  {name}: round {round_number}/{options.rounds}, {target} ...")
+                        runs[target].append(
+                            _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder))
+                        )
+                service = _median_run(runs["service"])
+                limit = _median_run(runs["limit"]) if "limit" in runs else None
+                results.append(
+                    Result(
+                        database=kind,
+                        scenario=name,
+                        title=scenario.title,
+                        workers=options.workers,
+                        service=service,
+                        rows_per_second=service.requests_per_second * scenario.rows_per_request,
+                        limit=limit,
+                        ratio=service.requests_per_second / limit.requests_per_second if limit else None,
+                        rounds=[
+                            {target: asdict(run) for target, run in zip(runs, pair, strict=True)}
+                            for pair in zip(*runs.values(), strict=True)
+                        ],
+                    )
+                )
+                say("  " + _row(results[-1]))
+    return results
+
+
+def _size(options: Any) -> Any:
+    from service.seed_size import SeedSize
+
+    return SeedSize(
+        users=options.users,
+        posts=options.posts,
+        likes=options.likes,
+        reposts=options.reposts,
+        comments=options.comments,
+        follows=options.follows,
+    )
+
+
+HEADER = (
+    f"{'database':10} {'scenario':9} {'req/s':>8} {'rows/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8}"
+    f" {'non-2xx':>7} {'limit req/s':>11} {'ratio':>6}"
+)
+
+
+def _row(r: Result) -> str:
+    s = r.service
+    limit = f"{r.limit.requests_per_second:11.0f}" if r.limit else f"{'-':>11}"
+    ratio = f"{r.ratio:6.2f}" if r.ratio is not None else f"{'-':>6}"
+    return (
+        f"{r.database:10} {r.scenario:9} {s.requests_per_second:8.0f} {r.rows_per_second:9.0f}"
+        f" {s.p50_ms:7.2f} {s.p90_ms:7.2f} {s.p99_ms:7.2f} {s.max_ms:8.1f} {s.non_2xx + s.errors:7d}"
+        f" {limit} {ratio}"
+    )
+
+
+def chart(results: list[Result], path: Path) -> bool:
+    """A bar chart of requests/s per scenario, one bar per database; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    scenarios = list(dict.fromkeys(r.scenario for r in results))
+    databases = list(dict.fromkeys(r.database for r in results))
+    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=110)
+    width = 0.8 / max(1, len(databases))
+    for index, database in enumerate(databases):
+        values = [
+            next(
+                (
+                    r.service.requests_per_second
+                    for r in results
+                    if r.database == database and r.scenario == name
+                ),
+                0.0,
+            )
+            for name in scenarios
+        ]
+        positions = [n + index * width for n in range(len(scenarios))]
+        bars = axes.bar(positions, values, width, label=database)
+        axes.bar_label(bars, fmt="%.0f", fontsize=8)
+    axes.set_xticks([n + width * (len(databases) - 1) / 2 for n in range(len(scenarios))], scenarios)
+    axes.set_ylabel("requests per second")
+    axes.set_title("purchase-feed-service by scenario and database")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return True
+
+
+def run_bench(options: Any, root: Path) -> int:
+    if options.generator is None:
+        options.generator = "wrk" if shutil.which("wrk") else "builtin"
+    started = time.monotonic()
+
+    def say(line: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {line}", flush=True)
+
+    say(
+        f"load by {options.generator}, {options.connections} connections, {options.seconds} s a run, "
+        f"{options.rounds} rounds, {options.workers} worker(s)"
+    )
+    results = [r for kind in options.database for r in bench_database(kind, options, root, say)]
+    print("\n" + HEADER)
+    for result in results:
+        print(_row(result))
+    output = Path(options.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "bench.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    drawn = chart(results, output / "bench.png")
+    print(
+        f"\nwrote {output / 'bench.json'}"
+        + (f" and {output / 'bench.png'}" if drawn else " (no chart: pip install matplotlib, or make bench)")
+    )
+    return 0 if all(r.service.non_2xx + r.service.errors == 0 for r in results) else 1

@@ -1,0 +1,60 @@
+"""The load generators behind `python -m service bench` measure what they claim."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.bench import Context, Run, _posts, _purchase, _wrk_script, builtin_load, parse_wrk, wrk_load
+
+pytestmark = pytest.mark.slow
+
+WRK_REPORT = """Running 10s test @ http://127.0.0.1:8911/posts?limit=20
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    14.20ms    3.10ms  48.30ms   80.00%
+    Req/Sec     2.26k   120.00     2.50k    70.00%
+  Latency Distribution
+     50%   13.90ms
+     75%   15.80ms
+     90%   18.10ms
+     99%   25.40ms
+  22390 requests in 10.00s, 21.90MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 7
+Requests/sec:   2238.91
+Transfer/sec:      2.19MB
+"""
+
+
+def test_a_wrk_report_is_read_in_full() -> None:
+    assert parse_wrk(WRK_REPORT) == Run(2238.91, 13.9, 18.1, 25.4, 48.3, 7, 3, 22390)
+
+
+def test_the_builtin_generator_counts_every_answer(live_service: Callable[..., Any]) -> None:
+    with live_service() as base:
+        ok = asyncio.run(builtin_load(base, lambda: ("GET", "/health", None, {}), 1.0, 4))
+        missing = asyncio.run(builtin_load(base, lambda: ("GET", "/no/such/page", None, {}), 0.5, 2))
+    assert ok.requests_per_second > 50 and ok.non_2xx == 0 and ok.errors == 0
+    assert 0 < ok.p50_ms <= ok.p90_ms <= ok.p99_ms <= ok.max_ms
+    assert missing.requests > 0 and missing.non_2xx == missing.requests
+
+
+def test_wrk_sends_the_scenarios_requests(
+    live_service: Callable[..., Any], tmp_path: Path, api_key: str
+) -> None:
+    if not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (apt-get install wrk); the built-in generator is used instead")
+    rng = random.Random(1)
+    ctx = Context(api_key=api_key, token="", customers=1)
+    script = _wrk_script([_purchase(rng, ctx) for _ in range(20)] + [_posts(rng, ctx)], tmp_path)
+    with live_service() as base:
+        run = wrk_load(base, script, 1, 4)
+    assert run.requests_per_second > 10
+    assert run.non_2xx == 0 and run.errors == 0
