@@ -52,7 +52,7 @@ def test_wrk_sends_the_scenarios_requests(
     if not shutil.which("wrk"):
         pytest.skip("wrk is not installed (apt-get install wrk); the built-in generator is used instead")
     rng = random.Random(1)
-    ctx = Context(api_key=api_key, token="", customers=1)
+    ctx = Context(api_key=api_key, token="", customer_ids=[1])
     script = _wrk_script([_purchase(rng, ctx) for _ in range(20)] + [_posts(rng, ctx)], tmp_path)
     with live_service() as base:
         run = wrk_load(base, script, 1, 4)
