@@ -14,6 +14,20 @@ from service.config import Settings, SettingsError, load_settings
 from service.seed_size import SeedSize
 
 
+def _add_size_options(parser: argparse.ArgumentParser) -> None:
+    """--users N --posts N ...: how much social data to seed (defaults: the limit app's shape)."""
+    defaults = SeedSize()
+    for kind in ("users", "posts", "likes", "reposts", "comments", "follows"):
+        default = getattr(defaults, kind)
+        parser.add_argument(
+            f"--{kind}",
+            type=int,
+            default=default,
+            metavar="N",
+            help=f"how many {kind} to seed (default {default})",
+        )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
@@ -36,15 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     seed = commands.add_parser(
         "seed", help="load a social data set (users, posts, likes, ...) for demos and benchmarks"
     )
-    defaults = SeedSize()
-    for kind in ("users", "posts", "likes", "reposts", "comments", "follows"):
-        seed.add_argument(
-            f"--{kind}",
-            type=int,
-            default=getattr(defaults, kind),
-            metavar="N",
-            help=f"how many {kind} (default {getattr(defaults, kind)})",
-        )
+    _add_size_options(seed)
     seed.add_argument("--random-seed", type=int, default=42, help="same seed, same shape of data")
 
     bench = commands.add_parser(
@@ -79,14 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--port", type=int, default=8911, help="the service's port (the limit app takes the next)"
     )
-    for kind in ("users", "posts", "likes", "reposts", "comments", "follows"):
-        bench.add_argument(
-            f"--{kind}",
-            type=int,
-            default=getattr(defaults, kind),
-            metavar="N",
-            help=f"seeded {kind} (default {getattr(defaults, kind)})",
-        )
+    _add_size_options(bench)
     return parser
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from service.bench import Context, Run, _posts, _purchase, _wrk_script, builtin_load, parse_wrk, wrk_load
+from service.bench import Context, _posts, _purchase
+from service.load import Run, builtin_load, parse_wrk, wrk_load, wrk_script
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def test_wrk_sends_the_scenarios_requests(
         pytest.skip("wrk is not installed (apt-get install wrk); the built-in generator is used instead")
     rng = random.Random(1)
     ctx = Context(api_key=api_key, token="", customer_ids=[1])
-    script = _wrk_script([_purchase(rng, ctx) for _ in range(20)] + [_posts(rng, ctx)], tmp_path)
+    script = wrk_script([_purchase(rng, ctx) for _ in range(20)] + [_posts(rng, ctx)], tmp_path)
     with live_service() as base:
         run = wrk_load(base, script, 1, 4)
     assert run.requests_per_second > 10
