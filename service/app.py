@@ -68,13 +68,15 @@ def route(path: str, handlers: Handler | Mapping[str, Handler]) -> TemplatedRout
 
 def all_routes() -> list[BaseRoute]:
     return [
+        # The hottest routes first: the router tries each pattern in turn.
+        route("/purchases", {"GET": purchases.index_purchases, "POST": purchases.create_purchase}),
+        route("/posts", {"GET": social.list_posts, "POST": social.create_post}),
         route("/", pages.purchase_page),
         route("/docs", pages.docs),
         route("/openapi.json", pages.openapi_document),
         route("/health", operations.health),
         route("/ready", operations.ready),
         route("/metrics", operations.metrics),
-        route("/purchases", {"GET": purchases.index_purchases, "POST": purchases.create_purchase}),
         route("/purchases/batch", {"POST": purchases.create_purchase_batch}),
         route("/purchases/{id:int}", purchases.show_purchase),
         route("/customers", customers.list_customers),
@@ -88,7 +90,6 @@ def all_routes() -> list[BaseRoute]:
         route("/auth/sessions", accounts.list_sessions),
         route("/auth/sessions/{id:int}", {"DELETE": accounts.end_session}),
         route("/users/me", accounts.me),  # before /users/{username}; "me" is too short to be a username
-        route("/posts", {"GET": social.list_posts, "POST": social.create_post}),
         route("/posts/{id:int}", {"GET": social.show_post, "DELETE": social.delete_post}),
         route("/posts/{id:int}/comments", {"GET": social.list_comments, "POST": social.create_comment}),
         route("/posts/{id:int}/like", {"PUT": social.like, "DELETE": social.unlike}),
