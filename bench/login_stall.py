@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -20,23 +19,16 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.bench import server  # noqa: E402 - after the path is set
+from service.load import parse_wrk  # noqa: E402
+
 LOGIN_LUA = ROOT / "bench" / "login.lua"
 
 
 def wrk(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(["wrk", "-t1", "--latency", *args], stdout=subprocess.PIPE, text=True, env=env)
-
-
-def summary(output: str) -> tuple[float, float, int]:
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", output)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return (
-        rate,
-        float(p99.group(1)) * scale[p99.group(2)] if p99 else float("nan"),
-        int(bad.group(1)) if bad else 0,
-    )
 
 
 def main() -> None:
@@ -56,45 +48,30 @@ def main() -> None:
             "LOG_LEVEL": "warning",
             "SECRET_KEY": "bench-" + "k" * 40,
         }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "service", "--port", str(args.port)], env=env, cwd=ROOT
-        )
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"{base}/health", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+        service = [sys.executable, "-m", "service", "--port", str(args.port)]
+        with server(service, env, f"{base}/health", ROOT):
             account = {"username": "bench", "email": "bench@example.com", "password": "bench-password"}
             request = urllib.request.Request(
                 f"{base}/auth/register", json.dumps(account).encode(), {"Content-Type": "application/json"}
             )
             urllib.request.urlopen(request)
             health = [f"-c{args.connections}", f"-d{args.seconds}s", f"{base}/health"]
-            alone = summary(wrk(health).communicate()[0])
+            alone = parse_wrk(wrk(health).communicate()[0])
             logins = wrk(
                 [f"-c{args.logins}", f"-d{args.seconds + 2}s", f"-s{LOGIN_LUA}", f"{base}/auth/login"]
             )
             time.sleep(1)  # let the logins get going first
-            beside = summary(wrk(health).communicate()[0])
-            login_result = summary(logins.communicate()[0])
-        finally:
-            server.terminate()
-            server.wait()
+            beside = parse_wrk(wrk(health).communicate()[0])
+            login_result = parse_wrk(logins.communicate()[0])
     rounds = os.environ.get("BCRYPT_ROUNDS", "12")
     print(f"GET /health, wrk -t1 -c{args.connections} -d{args.seconds}s, one worker, bcrypt cost {rounds}")
-    print(
-        f"  alone:                        {alone[0]:8.0f} req/s  p99 {alone[1]:7.2f} ms  non-2xx {alone[2]}"
-    )
-    print(
-        f"  with {args.logins} clients logging in:   {beside[0]:8.0f} req/s  p99 {beside[1]:7.2f} ms"
-        f"  non-2xx {beside[2]}"
-    )
-    print(
-        f"  the logins meanwhile:         {login_result[0]:8.1f} req/s  p99 {login_result[1]:7.2f} ms"
-        f"  non-2xx {login_result[2]}"
-    )
+    for label, run in (
+        ("alone:", alone),
+        (f"with {args.logins} clients logging in:", beside),
+        ("the logins meanwhile:", login_result),
+    ):
+        rate, p99 = run.requests_per_second, run.p99_ms
+        print(f"  {label:30} {rate:8.1f} req/s  p99 {p99:7.2f} ms  non-2xx {run.non_2xx}")
 
 
 if __name__ == "__main__":

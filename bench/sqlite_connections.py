@@ -9,16 +9,15 @@ the same wrk load drives each in turn. Run from the repository root:
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
+import os
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from service.load import Run  # noqa: E402 - after the path is set
 
 
 def build_app(backend: str, url: str):  # type: ignore[no-untyped-def]
@@ -53,32 +52,15 @@ def serve(backend: str, url: str, port: int) -> None:
     uvicorn.run(build_app(backend, url), port=port, loop="uvloop", http="httptools", log_level="warning")
 
 
-def measure(backend: str, seconds: int, connections: int, port: int) -> tuple[float, int]:
+def measure(backend: str, seconds: int, connections: int, port: int) -> Run:
+    from service.bench import server
+    from service.load import wrk_load
+
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/bench.db"
-        server = subprocess.Popen([sys.executable, __file__, "serve", backend, url, str(port)])
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/one", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            out = subprocess.run(
-                ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"http://127.0.0.1:{port}/one"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        finally:
-            server.terminate()
-            server.wait()
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors:.*", out)
-    if errors:
-        print(f"  {backend}: {errors.group(0)}")
-    return rate, int(bad.group(1)) if bad else 0
+        args = [sys.executable, __file__, "serve", backend, url, str(port)]
+        with server(args, dict(os.environ), f"http://127.0.0.1:{port}/one", ROOT):
+            return wrk_load(f"http://127.0.0.1:{port}/one", None, seconds, connections)
 
 
 def main() -> None:
@@ -92,9 +74,12 @@ def main() -> None:
     args = parser.parse_args()
     results = {name: measure(name, args.seconds, args.connections, args.port) for name in ("stock", "pooled")}
     print(f"GET /one (SELECT 1 via databases), wrk -t1 -c{args.connections} -d{args.seconds}s, one worker")
-    for name, (rate, bad) in results.items():
-        print(f"  {name:7s} {rate:9.0f} req/s   non-2xx: {bad}")
-    print(f"  pooled / stock: {results['pooled'][0] / results['stock'][0]:.2f}x")
+    for name, run in results.items():
+        print(
+            f"  {name:7s} {run.requests_per_second:9.0f} req/s   non-2xx: {run.non_2xx}  errors: {run.errors}"
+        )
+    pooled, stock = results["pooled"].requests_per_second, results["stock"].requests_per_second
+    print(f"  pooled / stock: {pooled / stock:.2f}x")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from service.pagination import Page, PageQuery, page_of
 from service.responses import JSONResponse, no_content
 from service.timestamps import from_database, utc_now
 from service.tokens import issue_access_token
-from service.validation import NormalizedEmail, load, load_query, path_id, read_json
+from service.validation import USERNAME, USERNAME_REGEX, NormalizedEmail, load, load_query, path_id, read_json
 
 BCRYPT_MAX_BYTES = 72
 T = TypeVar("T")
@@ -57,7 +57,7 @@ class RegisterIn(Schema):
     username = fields.String(
         required=True,
         validate=validate.Regexp(
-            r"^[a-z0-9_]{3,32}$", error="Must be 3 to 32 characters of lower-case letters, digits and _."
+            f"^{USERNAME_REGEX}$", error="Must be 3 to 32 characters of lower-case letters, digits and _."
         ),
     )
     email = NormalizedEmail(required=True)
@@ -223,9 +223,11 @@ async def login(request: Request) -> Response:
     credentials = await _login_body(request)
     auth = auth_settings(request)
     db = database(request)
-    user = await db.fetch_one(
-        db.sql.find_user_for_login, {"username": credentials["username"].strip().lower()}
-    )
+    username = credentials["username"].strip().lower()
+    # A name no account can have (NUL, say, which PostgreSQL would refuse) is simply unknown.
+    user = None
+    if USERNAME.fullmatch(username):
+        user = await db.fetch_one(db.sql.find_user_for_login, {"username": username})
     # Unknown users are checked against a dummy hash: both failures cost one bcrypt check.
     stored = user["password_hash"].encode() if user is not None else auth.dummy_hash
     if not await password_matches(credentials["password"], stored) or user is None:

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -26,11 +27,28 @@ from service.housekeeping import purge_forever, refresh_pool_gauges
 from service.logs import configure_logging
 from service.middleware import RequestContextMiddleware
 from service.tokens import signing_key
+from service.validation import USERNAME_REGEX
 
 log = logging.getLogger("service")
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+class UsernameConvertor(Convertor[str]):
+    """`{username:username}`: a path segment that can be a username, or no match (404) - so nothing
+    else (a NUL, which PostgreSQL refuses in text) ever reaches a query."""
+
+    regex = USERNAME_REGEX
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("username", UsernameConvertor())
 
 
 class TemplatedRoute(Route):
@@ -94,11 +112,11 @@ def all_routes() -> list[BaseRoute]:
         route("/posts/{id:int}/comments", {"GET": social.list_comments, "POST": social.create_comment}),
         route("/posts/{id:int}/like", {"PUT": social.like, "DELETE": social.unlike}),
         route("/posts/{id:int}/repost", {"PUT": social.repost, "DELETE": social.unrepost}),
-        route("/users/{username}", social.show_user),
-        route("/users/{username}/posts", social.user_posts),
-        route("/users/{username}/followers", social.followers),
-        route("/users/{username}/following", social.following),
-        route("/users/{username}/follow", {"PUT": social.follow, "DELETE": social.unfollow}),
+        route("/users/{username:username}", social.show_user),
+        route("/users/{username:username}/posts", social.user_posts),
+        route("/users/{username:username}/followers", social.followers),
+        route("/users/{username:username}/following", social.following),
+        route("/users/{username:username}/follow", {"PUT": social.follow, "DELETE": social.unfollow}),
         route("/feed", social.feed),
         *pages.static_mounts(),
     ]

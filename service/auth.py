@@ -79,11 +79,12 @@ async def user_caller(request: Request) -> Caller | None:
     header = request.headers.get("authorization")
     if header is None:
         return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip() or " " in token.strip():
+    scheme, _, rest = header.partition(" ")
+    token = rest.strip()
+    if scheme.lower() != "bearer" or not token or " " in token:
         raise unauthorized("Send the access token as: Authorization: Bearer <token>.")
     try:
-        user_id, session_id = read_access_token(auth_settings(request).signing_key, token.strip())
+        user_id, session_id = read_access_token(auth_settings(request).signing_key, token)
     except InvalidToken:
         raise unauthorized("The access token is not valid or has expired.") from None
     db = database(request)

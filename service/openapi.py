@@ -18,10 +18,10 @@ from starlette.routing import BaseRoute
 
 from service.money import Price
 from service.pagination import Cursor
+from service.validation import USERNAME_REGEX
 
 F = TypeVar("F", bound=Callable[..., Any])
 PROBLEM_JSON = "application/problem+json"
-USERNAME_PATTERN = "^[a-z0-9_]{3,32}$"
 SECURITY_SCHEMES = {
     "bearerAuth": {
         "type": "http",
@@ -118,7 +118,7 @@ def _openapi_path(path: str) -> tuple[str, list[dict[str, Any]]]:
             if kind == "int":
                 schema: dict[str, Any] = {"type": "integer", "minimum": 1}
             elif name == "username":
-                schema = {"type": "string", "pattern": USERNAME_PATTERN}
+                schema = {"type": "string", "pattern": f"^{USERNAME_REGEX}$"}
             else:
                 schema = {"type": "string"}
             parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
@@ -126,7 +126,7 @@ def _openapi_path(path: str) -> tuple[str, list[dict[str, Any]]]:
     return path, parameters
 
 
-def _query_parameters(spec: APISpec, plugin: MarshmallowPlugin, schema: type[Schema]) -> list[dict[str, Any]]:
+def _query_parameters(plugin: MarshmallowPlugin, schema: type[Schema]) -> list[dict[str, Any]]:
     parameters: list[dict[str, Any]] = plugin.converter.schema2parameters(schema, location="query")  # type: ignore[union-attr]
     for parameter in parameters:
         # An optional query parameter is absent, never JSON null.
@@ -216,7 +216,7 @@ def build_spec(routes: Iterable[BaseRoute]) -> dict[str, Any]:
             if security:
                 operation["security"] = security
             if doc["query"] is not None:
-                operation["parameters"] += _query_parameters(spec, plugin, doc["query"])
+                operation["parameters"] += _query_parameters(plugin, doc["query"])
             if doc["idempotent"]:
                 operation["parameters"].append(IDEMPOTENCY_KEY)
             if doc["body"] is not None or doc["form"] is not None:

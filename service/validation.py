@@ -16,6 +16,8 @@ from service.errors import Problem, ValidationProblem
 
 JSON_TYPES = ("application/json",)
 MAX_ID = 2**63 - 1  # ids are 64-bit: a larger one names nothing
+USERNAME_REGEX = "[a-z0-9_]{3,32}"  # registration, the {username} path convertor, login, the OpenAPI document
+USERNAME = re.compile(USERNAME_REGEX)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ALLOWED = r"[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]"
 TEXT_PATTERN = f"^{_ALLOWED}*[^\\s\\u0000-\\u001f\\u007f]{_ALLOWED}*$"

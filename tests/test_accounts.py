@@ -279,3 +279,12 @@ def test_without_secret_key_one_key_is_generated_kept_private_and_shared(tmp_pat
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert signing_key(settings) == keys[0]
     assert signing_key(replace(settings, secret_key="k" * 32)) == "k" * 32
+
+
+@pytest.mark.parametrize("username", ["t\x00im", "tim\u00e9", "  "])
+def test_a_login_name_no_account_can_have_is_the_same_401(client: TestClient, username: str) -> None:
+    # Found by Schemathesis: a NUL in the username reached PostgreSQL and was a 500.
+    register(client)
+    response = client.post("/auth/login", json={"username": username, "password": PASSWORD})
+    assert response.status_code == 401
+    assert response.json()["detail"] == "Wrong username or password."

@@ -223,3 +223,14 @@ def test_deleting_a_user_removes_what_hangs_off_it(client: TestClient, database_
         "follows": 0,
         "sessions": 1,
     }
+
+
+@pytest.mark.parametrize(
+    "path", ["/users/a%00b", "/users/a%00b/posts", "/users/a%00b/followers", "/users/TIM"]
+)
+def test_a_path_that_cannot_name_a_user_is_404_not_a_database_error(client: TestClient, path: str) -> None:
+    # Found by Schemathesis: PostgreSQL refuses NUL in text, so this was a 500 there.
+    user(client, "tim")
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
