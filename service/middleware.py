@@ -8,8 +8,8 @@ writes the access log line and the request metrics.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 from time import perf_counter
 
 from starlette.requests import ClientDisconnect
@@ -53,7 +53,7 @@ class RequestContextMiddleware:
         started = perf_counter()
         caller_id = _header(scope, b"x-request-id")
         request_id = (
-            caller_id.decode() if caller_id and _SANE_REQUEST_ID.match(caller_id) else uuid.uuid4().hex
+            caller_id.decode() if caller_id and _SANE_REQUEST_ID.match(caller_id) else os.urandom(16).hex()
         )
         scope.setdefault("state", {})["request_id"] = request_id
         id_header = (b"x-request-id", request_id.encode())

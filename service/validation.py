@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
 from service.errors import Problem, ValidationProblem
@@ -139,10 +142,18 @@ class UtcDateTime(fields.AwareDateTime):
         return moment.astimezone(UTC)
 
 
-def load_query(schema: Schema, request: Request) -> Any:
+def load_query(schema: Schema, request: Request) -> Mapping[str, Any]:
     """Validate the query string; parameters the schema does not name are ignored."""
+    return _load_query_string(schema, request.scope["query_string"])
+
+
+# Lists are read again and again with the same query (`?limit=20`); the answer depends on the raw
+# string alone, so it is kept (read-only) instead of parsing and validating it each time. Invalid
+# queries raise, and exceptions are never cached.
+@functools.lru_cache(maxsize=1024)
+def _load_query_string(schema: Schema, query_string: bytes) -> Mapping[str, Any]:
     try:
-        return schema.load(dict(request.query_params), unknown=EXCLUDE)
+        return MappingProxyType(schema.load(dict(QueryParams(query_string)), unknown=EXCLUDE))
     except ValidationError as exc:
         raise ValidationProblem(flatten_errors(exc.messages), "The query has invalid parameters.") from None
 

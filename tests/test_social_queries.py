@@ -7,14 +7,15 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-import databases.core
 import pytest
 from starlette.testclient import TestClient
 
 from service import social
 from service.config import Settings
 from service.db import Database, create_schema, open_database
+from service.postgres_backend import PostgresConnection
 from service.seed import SeedSize, seed
+from service.sqlite_backend import SQLiteConnection
 from service.timestamps import LATEST, utc_now
 from tests.conftest import bearer, login
 from tests.test_social import post, user
@@ -74,16 +75,27 @@ def test_comment_pages_are_stable_oldest_first(client: TestClient, monkeypatch: 
 
 @pytest.fixture
 def statements_sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The name of every statement sent through the `databases` connection while the test runs."""
+    """The name of every statement a driver connection was given while the test runs (both backends'
+    connections, whether reached through a `databases.Connection` or borrowed for one statement)."""
     sent: list[str] = []
-    for method in ("fetch_all", "fetch_one", "fetch_val", "execute", "execute_many", "iterate"):
-        real = getattr(databases.core.Connection, method)
+    inside: list[bool] = []  # SQLite's fetch_one runs its fetch_all: count the outer call only
+    for backend in (SQLiteConnection, PostgresConnection):
+        for method in ("fetch_all", "fetch_one", "execute", "execute_many", "fetch_all_atomically"):
+            real = getattr(backend, method, None)
+            if real is None:
+                continue
 
-        def counting(self: Any, query: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
-            sent.append(query.name if hasattr(query, "name") else str(query))
-            return _real(self, query, *args, **kwargs)
+            async def counting(self: Any, query: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+                queries = query if isinstance(query, list) else [query]
+                if not inside:
+                    sent.extend(q.name if hasattr(q, "name") else str(q) for q in queries)
+                inside.append(True)
+                try:
+                    return await _real(self, query, *args, **kwargs)
+                finally:
+                    inside.pop()
 
-        monkeypatch.setattr(databases.core.Connection, method, counting)
+            monkeypatch.setattr(backend, method, counting)
     yield sent
 
 
