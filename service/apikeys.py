@@ -40,9 +40,9 @@ async def create_api_key(db: Database, name: str) -> tuple[str, dict[str, Any]]:
     return key, {**dict(row), "created_at": from_database(row["created_at"])}
 
 
-async def find_live_api_key(db: Database, key: str) -> Any | None:
-    """The live key row (id, name) for a presented key, or None."""
-    return await db.fetch_one(db.sql.find_live_api_key, {"key_hash": hash_key(key)})
+async def find_live_api_key(db: Database, key_hash: str) -> Any | None:
+    """The live key row (id, name) with this hash (`hash_key` of the presented key), or None."""
+    return await db.fetch_one(db.sql.find_live_api_key, {"key_hash": key_hash})
 
 
 async def list_api_keys(db: Database) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Literal
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.apikeys import find_live_api_key
+from service.apikeys import find_live_api_key, hash_key
 from service.db import Database
 from service.errors import Problem
 from service.timestamps import utc_now
@@ -34,6 +34,17 @@ class Caller:
     def captured_by(self) -> str:
         """How a record names the credential that wrote it: `api_key:billing`, `user:tim`."""
         return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class PresentedApiKey:
+    """An X-API-Key not looked up yet (routes under `@requires_caller_checking_key_itself`).
+
+    The route checks it inside its own statement - one round trip instead of two on the hottest
+    write - and answers 401 when that statement finds no live key.
+    """
+
+    key_hash: str
 
 
 @dataclass(frozen=True)
@@ -63,14 +74,23 @@ def auth_settings(request: Request) -> AuthSettings:
     return settings
 
 
+def key_not_live() -> Problem:
+    return unauthorized("The API key is not valid or has been revoked.")
+
+
 async def api_key_caller(request: Request) -> Caller | None:
     """The caller named by X-API-Key; None without the header; 401 for a key that is not live."""
     key = request.headers.get("x-api-key")
     if key is None:
         return None
-    row = await find_live_api_key(database(request), key.strip())
+    return await check_api_key(database(request), PresentedApiKey(hash_key(key.strip())))
+
+
+async def check_api_key(db: Database, presented: PresentedApiKey) -> Caller:
+    """The caller of a presented key; 401 unless the key is live."""
+    row = await find_live_api_key(db, presented.key_hash)
     if row is None:
-        raise unauthorized("The API key is not valid or has been revoked.")
+        raise key_not_live()
     return Caller("api_key", row["id"], row["name"])
 
 
@@ -119,6 +139,32 @@ def _requiring(
 
 async def _user_or_api_key(request: Request) -> Caller | None:
     return await user_caller(request) or await api_key_caller(request)
+
+
+def requires_caller_checking_key_itself(
+    endpoint: Callable[[Request, Caller | PresentedApiKey], Awaitable[Response]],
+) -> Route:
+    """`@requires_caller`, except that an API key reaches the route unchecked, as a PresentedApiKey.
+
+    The route must check it (in its own statement, or with `check_api_key`). Whatever else the route
+    answers - 422, 409, 415 - a key that is not live gets 401 instead, as on every other route.
+    """
+    user_route = requires_caller(endpoint)
+
+    @functools.wraps(endpoint)
+    async def checked(request: Request) -> Response:
+        key = request.headers.get("x-api-key")
+        if key is None or "authorization" in request.headers:
+            return await user_route(request)  # a token (checked first, as everywhere), or nothing: 401
+        presented = PresentedApiKey(hash_key(key.strip()))
+        try:
+            return await endpoint(request, presented)
+        except Problem:
+            await check_api_key(database(request), presented)  # 401 first, if the key is not live
+            raise
+
+    checked.security = user_route.security  # type: ignore[attr-defined]
+    return checked
 
 
 BEARER: dict[str, list[str]] = {"bearerAuth": []}

@@ -11,7 +11,15 @@ from marshmallow import Schema, fields, validate
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import Caller, database, requires_caller
+from service.auth import (
+    Caller,
+    PresentedApiKey,
+    check_api_key,
+    database,
+    key_not_live,
+    requires_caller,
+    requires_caller_checking_key_itself,
+)
 from service.customers import CustomerOut, customer_json, require_customer
 from service.db import Database
 from service.errors import Problem
@@ -109,7 +117,7 @@ def purchase_json(row: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-def _purchase_values(purchase: Mapping[str, Any], captured_by: str, now: datetime) -> dict[str, Any]:
+def _purchase_values(purchase: Mapping[str, Any], captured_by: str | None, now: datetime) -> dict[str, Any]:
     cents = purchase["unit_price"]
     return {
         "item": purchase["item"],
@@ -122,16 +130,29 @@ def _purchase_values(purchase: Mapping[str, Any], captured_by: str, now: datetim
     }
 
 
-async def record_purchase(db: Database, purchase: Mapping[str, Any], captured_by: str) -> dict[str, Any]:
-    """Upsert the customer by email and append the purchase, atomically; the stored row plus `revision`."""
+async def record_purchase(
+    db: Database, purchase: Mapping[str, Any], caller: Caller | PresentedApiKey
+) -> dict[str, Any]:
+    """Upsert the customer by email and append the purchase, atomically; the stored row plus `revision`.
+
+    A presented API key is checked in the same step: 401 if it is not live, and nothing is written.
+    """
     now = utc_now()
     customer = {"email": purchase["customer"]["email"], "name": purchase["customer"]["name"], "now": now}
-    values = _purchase_values(purchase, captured_by, now)
     if "record_purchase" in db.sql:
-        # PostgreSQL: the upsert and the insert reach the server as one statement.
-        row = await db.fetch_one(db.sql.record_purchase, {**customer, **values})
-        assert row is not None
+        # PostgreSQL: the key check, the upsert and the insert reach the server as one statement.
+        if isinstance(caller, Caller):
+            captured_by, key_hash = caller.captured_by, None
+        else:
+            captured_by, key_hash = None, caller.key_hash
+        values = _purchase_values(purchase, captured_by, now)
+        row = await db.fetch_one(db.sql.record_purchase, {**customer, **values, "key_hash": key_hash})
+        if row is None:
+            raise key_not_live()
         return dict(row)
+    if isinstance(caller, PresentedApiKey):
+        caller = await check_api_key(db, caller)
+    values = _purchase_values(purchase, caller.captured_by, now)
     [upserted], [inserted] = await db.fetch_all_atomically(
         [(db.sql.upsert_customer, customer), (db.sql.insert_purchase, {**values, "email": customer["email"]})]
     )
@@ -223,19 +244,24 @@ async def _respond_once(
     return response.to_response(replayed)
 
 
-@requires_caller
+@requires_caller_checking_key_itself
 @documented(body=PurchaseIn, responses={201: PurchaseOut}, errors=[409], idempotent=True)
-async def create_purchase(request: Request, caller: Caller) -> Response:
+async def create_purchase(request: Request, caller: Caller | PresentedApiKey) -> Response:
     """Record a purchase; the customer (by email) is created or updated. Honours Idempotency-Key."""
     body = await read_json(request)
     purchase = load(_purchase_in, body)
     db = database(request)
+    if isinstance(caller, PresentedApiKey) and idempotency_key(request) is not None:
+        caller = await check_api_key(db, caller)  # the key's claim is stored under the caller's name
+    writer = caller  # without an Idempotency-Key, a presented key is checked by the write itself
 
     async def work() -> StoredResponse:
-        row = await record_purchase(db, purchase, caller.captured_by)
+        row = await record_purchase(db, purchase, writer)
         return StoredResponse(201, orjson.dumps(purchase_json(row)), f"/purchases/{row['id']}")
 
-    return await _respond_once(request, caller, body, work)
+    if isinstance(writer, PresentedApiKey):
+        return (await work()).to_response(replayed=False)
+    return await _respond_once(request, writer, body, work)
 
 
 @requires_caller

@@ -1,9 +1,19 @@
 -- name: record_purchase
--- Upsert the customer and append the purchase in one statement (one round trip, atomic).
+-- Check the caller, upsert the customer and append the purchase in one statement (one round
+-- trip, atomic). The caller is known already (:captured_by, with :key_hash null), or is an API key
+-- checked here by its hash: when no live key has it, there is no row and nothing is written.
 -- customer_created is exact: only the statement that inserted the row sees revision 1.
-WITH customer AS (
+WITH caller AS (
+    SELECT CAST(:captured_by AS text) AS captured_by
+    WHERE CAST(:key_hash AS text) IS NULL
+    UNION ALL
+    SELECT 'api_key:' || name
+    FROM api_keys
+    WHERE key_hash = :key_hash AND revoked_at IS NULL
+), customer AS (
     INSERT INTO customers (email, name, created_at, updated_at)
-    VALUES (:email, :name, :now, :now)
+    SELECT :email, :name, :now, :now
+    FROM caller
     ON CONFLICT (email) DO UPDATE
     SET name = excluded.name,
         updated_at = GREATEST(customers.updated_at, excluded.updated_at),
@@ -12,8 +22,9 @@ WITH customer AS (
 ), purchase AS (
     INSERT INTO purchases
         (customer_id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by, created_at)
-    SELECT id, :item, :quantity, :unit_price_cents, :total_cents, :purchased_at, :captured_by, :now
-    FROM customer
+    SELECT customer.id, :item, :quantity, :unit_price_cents, :total_cents, :purchased_at,
+           caller.captured_by, :now
+    FROM customer, caller
     RETURNING id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by
 )
 SELECT purchase.*,

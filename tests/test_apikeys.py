@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,6 +16,7 @@ from service.app import create_app, route
 from service.auth import Caller, requires_api_key
 from service.config import Settings
 from service.responses import JSONResponse
+from tests.conftest import table_counts
 
 CLI = Callable[..., tuple[int, str, str]]
 
@@ -116,3 +118,43 @@ def test_a_live_name_cannot_be_taken_twice_but_a_revoked_one_can(apikey_cli: CLI
 def test_revoking_an_unknown_name_says_so(apikey_cli: CLI) -> None:
     code, _, err = apikey_cli("revoke", "nobody")
     assert code == 1 and "no live key named 'nobody'" in err
+
+
+GOOD_PURCHASE = {
+    "customer": {"email": "ann@example.com", "name": "Ann"},
+    "item": "book",
+    "quantity": 1,
+    "unit_price": "9.99",
+}
+
+
+def test_a_purchase_checks_its_key_in_its_own_statement_and_writes_nothing_for_a_dead_one(
+    apikey_cli: CLI, keyed_app: TestClient, database_url: str
+) -> None:
+    # POST /purchases checks an API key inside the write itself (one round trip): it must still
+    # name the caller, refuse a revoked or unknown key with 401 before any other answer, and
+    # leave the database as it was.
+    _, out, _ = apikey_cli("create", "billing")
+    key = {"X-API-Key": out.strip()}
+    first = keyed_app.post("/purchases", json=GOOD_PURCHASE, headers=key)
+    assert first.status_code == 201
+    assert first.json()["captured_by"] == "api_key:billing"
+    assert first.json()["customer_created"] is True
+    bad_quantity = {**GOOD_PURCHASE, "quantity": 0}
+    assert keyed_app.post("/purchases", json=bad_quantity, headers=key).status_code == 422
+
+    apikey_cli("revoke", "billing")
+    before = table_counts(database_url)
+    text = {"Content-Type": "text/plain"}
+    attempts: list[tuple[dict[str, Any], dict[str, str]]] = [
+        ({"json": GOOD_PURCHASE}, key),
+        ({"json": GOOD_PURCHASE}, {**key, "Idempotency-Key": "retry-1"}),
+        ({"json": bad_quantity}, key),  # 401, not the 422 the body would earn
+        ({"content": b"not json"}, {**key, **text}),  # 401, not 415
+        ({"json": GOOD_PURCHASE}, {"X-API-Key": "pfs_never-issued"}),
+    ]
+    for body, headers in attempts:
+        response = keyed_app.post("/purchases", **body, headers=headers)
+        assert response.status_code == 401, (body, headers, response.text)
+        assert response.json()["detail"] == "The API key is not valid or has been revoked."
+    assert table_counts(database_url) == before
