@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"),
         help="a server to make a fresh benchmark database on (BENCH_POSTGRES_URL)",
     )
+    bench.add_argument(
+        "--memory",
+        type=int,
+        default=200_000,
+        metavar="N",
+        help="then N requests of the mixed scenario, RSS compared after N/10 and N (0: skip; default 200000)",
+    )
     bench.add_argument("--output", default="bench-results", help="folder for bench.json and bench.png")
     bench.add_argument(
         "--port", type=int, default=8911, help="the service's port (the limit app takes the next)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import secrets
@@ -98,6 +99,12 @@ class Scenario:
     connections: int | None = None  # instead of --connections (1000-row batches want fewer)
 
 
+# Before a scenario's rounds each server gets this much of its load, unmeasured: pools fill,
+# statements are prepared, caches warm.
+WARM_UP_SECONDS = 2
+MEMORY_RUN_SECONDS = 10
+MEMORY_LIMIT = 0.10  # a worker's RSS may grow this much between the early and the late sample
+
 SCENARIOS = {
     s.name: s
     for s in (
@@ -143,6 +150,13 @@ def _median_run(runs: list[Run]) -> Run:
     )
 
 
+def _median_ratio(service: list[Run], limit: list[Run]) -> float:
+    """The median of each round's ratio: the two runs of a round are seconds apart, so the drift of
+    a shared machine cancels out within a round better than between two medians."""
+    ratios = [s.requests_per_second / lim.requests_per_second for s, lim in zip(service, limit, strict=True)]
+    return float(statistics.median(ratios))
+
+
 @contextlib.contextmanager
 def fresh_database(kind: str, admin_url: str) -> Iterator[str]:
     if kind == "sqlite":
@@ -162,7 +176,7 @@ def fresh_database(kind: str, admin_url: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def server(args: list[str], env: dict[str, str], probe: str, cwd: Path) -> Iterator[None]:
+def server(args: list[str], env: dict[str, str], probe: str, cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -175,7 +189,7 @@ def server(args: list[str], env: dict[str, str], probe: str, cwd: Path) -> Itera
             if time.monotonic() > deadline:
                 raise SystemExit(f"{probe} did not answer in time")
             time.sleep(0.2)
-        yield
+        yield process
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -244,22 +258,86 @@ def prepare(base: str, env: dict[str, str], root: Path, reader: str, say: Callab
     return ctx
 
 
-def _drive(url: str, scenario: Scenario, ctx: Context, options: Any, folder: Path) -> Run:
+def _drive(
+    url: str, scenario: Scenario, ctx: Context, options: Any, folder: Path, seconds: int | None = None
+) -> Run:
     connections = scenario.connections or options.connections
+    seconds = seconds or options.seconds
     rng = random.Random(secrets.randbits(32))
     if options.generator == "wrk":
         reference = Path(options.limit_app).parent / "purchases.lua"
         if scenario.name == "purchase" and reference.is_file():
             # The reference load itself: 5,000 emails, about half the requests new customers.
             os.environ["API_KEY"] = ctx.api_key
-            return wrk_load(url, reference, options.seconds, connections)
+            return wrk_load(url, reference, seconds, connections)
         sample = [scenario.make(rng, ctx) for _ in range(20 if scenario.name == "batch" else 2000)]
-        return wrk_load(url, wrk_script(sample, folder), options.seconds, connections)
-    return asyncio.run(builtin_load(url, lambda: scenario.make(rng, ctx), options.seconds, connections))
+        return wrk_load(url, wrk_script(sample, folder), seconds, connections)
+    return asyncio.run(builtin_load(url, lambda: scenario.make(rng, ctx), seconds, connections))
 
 
-def bench_database(kind: str, options: Any, root: Path, say: Callable[[str], None]) -> list[Result]:
+@dataclass
+class Memory:
+    """Each worker's resident memory after the first tenth of the requests and after all of them."""
+
+    database: str
+    workers: int
+    early_requests: int
+    early_rss_mib: list[float]
+    late_requests: int
+    late_rss_mib: list[float]
+    samples: list[tuple[int, list[float]]] = field(default_factory=list)
+
+    @property
+    def growth(self) -> float:
+        """The largest growth of any worker, as a fraction of its early RSS."""
+        pairs = zip(self.early_rss_mib, self.late_rss_mib, strict=True)
+        return max(late / early - 1 for early, late in pairs)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _worker_pids(pid: int) -> list[int]:
+    """The processes that serve requests: uvicorn's workers, or the server itself with one worker."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(child) for child in children] or [pid]
+
+
+def measure_memory(
+    kind: str, url: str, pid: int, ctx: Context, options: Any, folder: Path, say: Callable[[str], None]
+) -> Memory:
+    """Drive the mixed scenario for `options.memory` requests; RSS after a tenth of them and at the end."""
+    scenario, total, early_mark = SCENARIOS["mixed"], options.memory, options.memory // 10
+    workers = _worker_pids(pid)
+    done, early, samples, rate = 0, None, [], 0.0
+    while done < total:
+        # Short runs until the early mark, so that sample lands close to it; then no longer than
+        # the requests still to go need.
+        seconds = 1 if early is None else max(1, min(MEMORY_RUN_SECONDS, math.ceil((total - done) / rate)))
+        run = _drive(url, scenario, ctx, options, folder, seconds)
+        rate = max(run.requests_per_second, 1.0)
+        if run.non_2xx or run.errors:
+            raise SystemExit(f"memory check: {run.non_2xx} non-2xx answers, {run.errors} socket errors")
+        done += run.requests
+        rss = [round(_rss_mib(worker), 1) for worker in workers]
+        samples.append((done, rss))
+        if early is None and done >= early_mark:
+            early = (done, rss)
+            say(f"  memory: {done:,} requests, worker RSS {', '.join(f'{r:.1f}' for r in rss)} MiB")
+    assert early is not None
+    say(f"  memory: {done:,} requests, worker RSS {', '.join(f'{r:.1f}' for r in rss)} MiB")
+    return Memory(kind, len(workers), early[0], early[1], done, rss, samples)
+
+
+def bench_database(
+    kind: str, options: Any, root: Path, say: Callable[[str], None]
+) -> tuple[list[Result], Memory | None]:
     results: list[Result] = []
+    memory = None
     service_port, limit_port = options.port, options.port + 1
     with fresh_database(kind, options.postgres_url) as url, tempfile.TemporaryDirectory() as folder:
         say(f"{kind}: seeding {options.users} users, {options.posts} posts, {options.likes} likes ...")
@@ -292,7 +370,9 @@ def bench_database(kind: str, options: Any, root: Path, say: Callable[[str], Non
             "httptools",
         ]
         with contextlib.ExitStack() as stack:
-            stack.enter_context(server(service_args, env, f"http://127.0.0.1:{service_port}/health", root))
+            service_process = stack.enter_context(
+                server(service_args, env, f"http://127.0.0.1:{service_port}/health", root)
+            )
             if compare:
                 stack.enter_context(
                     server(limit_args, env, f"http://127.0.0.1:{limit_port}/posts?limit=1", limit_app.parent)
@@ -304,6 +384,10 @@ def bench_database(kind: str, options: Any, root: Path, say: Callable[[str], Non
                 if compare and scenario.compared:
                     targets["limit"] = limit_port
                 runs: dict[str, list[Run]] = {target: [] for target in targets}
+                warm_up = min(WARM_UP_SECONDS, options.seconds)
+                say(f"  {name}: warming up ({warm_up} s each, not counted)")
+                for port in targets.values():
+                    _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder), warm_up)
                 for round_number in range(1, options.rounds + 1):
                     for target, port in targets.items():
                         say(f"  {name}: round {round_number}/{options.rounds}, {target} ...")
@@ -321,7 +405,7 @@ def bench_database(kind: str, options: Any, root: Path, say: Callable[[str], Non
                         service=service,
                         rows_per_second=service.requests_per_second * scenario.rows_per_request,
                         limit=limit,
-                        ratio=service.requests_per_second / limit.requests_per_second if limit else None,
+                        ratio=_median_ratio(runs["service"], runs["limit"]) if limit else None,
                         rounds=[
                             {target: asdict(run) for target, run in zip(runs, pair, strict=True)}
                             for pair in zip(*runs.values(), strict=True)
@@ -329,7 +413,18 @@ def bench_database(kind: str, options: Any, root: Path, say: Callable[[str], Non
                     )
                 )
                 say("  " + _row(results[-1]))
-    return results
+            if options.memory:
+                say(f"  memory: {options.memory:,} requests of the mixed scenario ...")
+                memory = measure_memory(
+                    kind,
+                    f"http://127.0.0.1:{service_port}",
+                    service_process.pid,
+                    ctx,
+                    options,
+                    Path(folder),
+                    say,
+                )
+    return results, memory
 
 
 def _size(options: Any) -> Any:
@@ -412,16 +507,39 @@ def run_bench(options: Any, root: Path) -> int:
         f"load by {options.generator}, {options.connections} connections, {options.seconds} s a run, "
         f"{options.rounds} rounds, {options.workers} worker(s)"
     )
-    results = [r for kind in options.database for r in bench_database(kind, options, root, say)]
+    results: list[Result] = []
+    memories: list[Memory] = []
+    for kind in options.database:
+        database_results, memory = bench_database(kind, options, root, say)
+        results += database_results
+        memories += [memory] if memory else []
     print("\n" + HEADER)
     for result in results:
         print(_row(result))
+    for memory in memories:
+        print(_memory_line(memory))
     output = Path(options.output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / "bench.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+    report = {
+        "scenarios": [asdict(r) for r in results],
+        "memory": [{**asdict(m), "growth": round(m.growth, 4)} for m in memories],
+    }
+    (output / "bench.json").write_text(json.dumps(report, indent=2))
     drawn = chart(results, output / "bench.png")
     print(
         f"\nwrote {output / 'bench.json'}"
         + (f" and {output / 'bench.png'}" if drawn else " (no chart: pip install matplotlib, or make bench)")
     )
-    return 0 if all(r.service.non_2xx + r.service.errors == 0 for r in results) else 1
+    failed = any(r.service.non_2xx + r.service.errors for r in results)
+    grew = any(m.growth > MEMORY_LIMIT for m in memories)
+    return 1 if failed or grew else 0
+
+
+def _memory_line(m: Memory) -> str:
+    early = ", ".join(f"{r:.1f}" for r in m.early_rss_mib)
+    late = ", ".join(f"{r:.1f}" for r in m.late_rss_mib)
+    verdict = "within" if m.growth <= MEMORY_LIMIT else "MORE THAN"
+    return (
+        f"{m.database:10} memory: worker RSS {early} MiB after {m.early_requests:,} requests, "
+        f"{late} MiB after {m.late_requests:,} ({m.growth:+.1%}, {verdict} {MEMORY_LIMIT:.0%})"
+    )

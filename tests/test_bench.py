@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +17,7 @@ import pytest
 
 from service.bench import Context, _posts, _purchase
 from service.load import Run, builtin_load, parse_wrk, wrk_load, wrk_script
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -59,3 +64,36 @@ def test_wrk_sends_the_scenarios_requests(
         run = wrk_load(base, script, 1, 4)
     assert run.requests_per_second > 10
     assert run.non_2xx == 0 and run.errors == 0
+
+
+def test_the_bench_command_drives_every_scenario_and_checks_memory(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # The whole command, small: a tiny data set, one-second runs, the built-in generator, no limit app.
+    args = [
+        *("--database", backend, "--generator", "builtin", "--seconds", "1", "--rounds", "1"),
+        *("--memory", "3000", "--port", str(free_port()), "--limit-app", str(tmp_path / "absent.py")),
+        *("--users", "40", "--posts", "200", "--likes", "300", "--reposts", "50"),
+        *("--comments", "100", "--follows", "80", "--output", str(tmp_path)),
+    ]
+    if backend == "postgresql":
+        request.getfixturevalue("postgres_database")  # skips (or fails under REQUIRE_POSTGRES) without one
+        args += ["--postgres-url", os.environ["TEST_DATABASE_URL"]]
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "bench", *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    scenarios = {row["scenario"]: row for row in report["scenarios"]}
+    assert set(scenarios) == {"purchase", "batch", "posts", "feed", "summary", "mixed"}
+    for row in scenarios.values():
+        assert row["database"] == backend
+        assert row["service"]["requests"] > 0 and row["service"]["non_2xx"] == 0, row
+        assert row["ratio"] is None  # no limit app to compare with
+    batch = scenarios["batch"]
+    assert batch["rows_per_second"] == 1000 * batch["service"]["requests_per_second"]
+    [memory] = report["memory"]
+    assert 300 <= memory["early_requests"] < memory["late_requests"]
+    assert memory["late_requests"] >= 3000
+    assert all(rss > 10 for rss in memory["early_rss_mib"] + memory["late_rss_mib"])
+    assert f"{backend:10} memory: worker RSS" in done.stdout
