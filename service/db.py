@@ -11,12 +11,13 @@ from typing import Any, TypeVar
 
 import asyncpg
 import databases
+import databases.core
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from service.config import Settings
 from service.queries import Queries, Statement, load_queries
-from service.sqlite_backend import SQLiteBackend, SQLiteConnection, sqlite_path
+from service.sqlite_backend import SQLiteBackend, SQLiteConnection, TaskLock, sqlite_path
 from service.tables import metadata
 
 # Any constant will do; it only has to be the same in every worker of every version.
@@ -96,6 +97,13 @@ class Database(databases.Database):
         hop per statement plus BEGIN and COMMIT; elsewhere it is an ordinary transaction.
         """
         queries = [statement.values(**values) for statement, values in steps]
+        if isinstance(self._backend, SQLiteBackend) and self._borrows(steps[0][0]):
+            # SQLite writers queue for the write lock before they borrow a connection: a writer
+            # waiting its turn must not sit on one of the few connections readers need meanwhile.
+            async with self._backend.pool.write_lock:
+                return await self._run_borrowed(
+                    lambda connection: connection.fetch_all_atomically(queries, in_transaction=False)
+                )
         async with self.connection() as connection:
             backend = connection._connection
             if isinstance(backend, SQLiteConnection):
@@ -104,10 +112,52 @@ class Database(databases.Database):
             async with connection.transaction():
                 return [list(await connection.fetch_all(query)) for query in queries]
 
+    def transaction(self, *, force_rollback: bool = False, **options: Any) -> databases.core.Transaction:
+        if isinstance(self._backend, SQLiteBackend):
+            return _WriteLockFirst(self._backend.pool.write_lock, self.connection, force_rollback, **options)
+        return super().transaction(force_rollback=force_rollback, **options)
+
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query within PING_TIMEOUT_SECONDS."""
         async with asyncio.timeout(PING_TIMEOUT_SECONDS):
             await self.fetch_one(self.sql.ping, {})
+
+
+class _WriteLockFirst(databases.core.Transaction):
+    """A SQLite transaction that takes the process's write lock before its connection, as every
+    SQLite writer here does: locks always in one order (no deadlock with a writer that holds the
+    lock and waits for a connection), and no connection held while waiting for the lock."""
+
+    def __init__(
+        self,
+        write_lock: TaskLock,
+        connection: Callable[[], databases.core.Connection],
+        force_rollback: bool,
+        **options: Any,
+    ) -> None:
+        super().__init__(connection, force_rollback, **options)
+        self._write_lock = write_lock
+
+    async def start(self) -> _WriteLockFirst:
+        await self._write_lock.acquire()
+        try:
+            await super().start()
+        except BaseException:
+            self._write_lock.release()
+            raise
+        return self
+
+    async def commit(self) -> None:
+        try:
+            await super().commit()
+        finally:
+            self._write_lock.release()
+
+    async def rollback(self) -> None:
+        try:
+            await super().rollback()
+        finally:
+            self._write_lock.release()
 
 
 def open_database(settings: Settings) -> Database:

@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings, load_settings
-from service.db import create_schema, open_database
+from service.db import Database, create_schema, open_database
 from service.queries import load_queries, parse_statements, sql_directory
 from service.tables import metadata
 from service.timestamps import utc_now
@@ -259,3 +259,40 @@ def test_statements_run_atomically_commit_together_or_not_at_all(settings: Setti
             await db.disconnect()
 
     assert asyncio.run(run()) == (2, 2)
+
+
+def test_writers_readers_and_transactions_at_once_never_deadlock(settings: Settings) -> None:
+    # SQLite writers take the write lock before a connection (so that none waits for the lock while
+    # holding one of the two connections readers need). Everything that writes must keep that
+    # order, or a writer holding the lock waits for a connection held by a transaction waiting
+    # for the lock. Here all three kinds run at once on a pool of two connections.
+    async def run() -> int:
+        create_schema(settings.database_url)
+        db = Database(settings.database_url, min_size=1, max_size=2)
+        await db.connect()
+        counter = iter(range(10_000))
+
+        def key_row() -> dict[str, Any]:
+            n = next(counter)
+            return {"name": f"k{n}", "key_hash": f"{n:064d}", "key_prefix": "p", "created_at": utc_now()}
+
+        async def single_writer() -> None:
+            await db.fetch_all_atomically([(db.sql.create_api_key, key_row())])
+
+        async def transaction() -> None:
+            async with db.transaction():
+                await db.fetch_one(db.sql.create_api_key, key_row())
+                await asyncio.sleep(0)  # let the others pile up while this one holds its connection
+                await db.fetch_all_atomically([(db.sql.create_api_key, key_row())])
+
+        async def reader() -> None:
+            await db.fetch_all(db.sql.list_api_keys, {})
+
+        try:
+            work = [kind() for _ in range(20) for kind in (single_writer, transaction, reader)]
+            await asyncio.wait_for(asyncio.gather(*work), timeout=30)
+            return len(await db.fetch_all(db.sql.list_api_keys, {}))
+        finally:
+            await db.disconnect()
+
+    assert asyncio.run(run()) == 20 + 20 * 2
