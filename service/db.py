@@ -53,7 +53,8 @@ class Database(databases.Database):
     # One statement on its own: the stock `Database.fetch_*` wraps every statement in a
     # `databases.Connection` (three asyncio locks, a per-task registry, a counter); when this task
     # holds no connection, borrowing one straight from the backend's pool does the same job.
-    # Measured: 0.074 -> 0.060 CPU ms per GET /posts statement on PostgreSQL.
+    # CPU ms for the GET /posts statement on PostgreSQL: stock 0.074, this way 0.070, asyncpg's bare
+    # pool 0.062.
 
     def _borrows(self, query: Any) -> bool:
         """True when `query` may run on a pooled connection of its own: a named statement, and no
