@@ -210,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from pathlib import Path
 
-        from service.bench import SCENARIOS, run_bench
+        from service.bench import run_bench
+        from service.scenarios import SCENARIOS
 
         args.database = args.database or ["sqlite", "postgresql"]
         args.scenario = args.scenario or list(SCENARIOS)

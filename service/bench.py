@@ -31,92 +31,14 @@ from typing import Any
 
 import orjson
 
-from service.load import Request, Run, builtin_load, wrk_load, wrk_script
-
-
-@dataclass
-class Context:
-    """What a scenario's requests need: credentials and how much data there is."""
-
-    api_key: str
-    token: str
-    customer_ids: list[int]
-
-
-def _purchase(rng: random.Random, ctx: Context) -> Request:
-    # The same draw as ../shared/bench/purchases.lua: 5,000 emails, about half new customers.
-    n = rng.randint(1, 5000)
-    body = {
-        "customer": {"email": f"Cust{n}@Example.com", "name": f"Customer {n}"},
-        "item": f"item{rng.randint(1, 50)}",
-        "quantity": rng.randint(1, 5),
-        "unit_price": "12.50",
-    }
-    return "POST", "/purchases", orjson.dumps(body), {"X-API-Key": ctx.api_key}
-
-
-def _batch(rng: random.Random, ctx: Context) -> Request:
-    purchases = []
-    for _ in range(1000):
-        n = rng.randint(1, 5000)
-        purchases.append(
-            {
-                "customer": {"email": f"cust{n}@example.com", "name": f"Customer {n}"},
-                "item": f"item{rng.randint(1, 50)}",
-                "quantity": rng.randint(1, 5),
-                "unit_price": "12.50",
-            }
-        )
-    return "POST", "/purchases/batch", orjson.dumps({"purchases": purchases}), {"X-API-Key": ctx.api_key}
-
-
-def _posts(rng: random.Random, ctx: Context) -> Request:
-    return "GET", "/posts?limit=20", None, {}
-
-
-def _feed(rng: random.Random, ctx: Context) -> Request:
-    return "GET", "/feed?limit=20", None, {"Authorization": f"Bearer {ctx.token}"}
-
-
-def _summary(rng: random.Random, ctx: Context) -> Request:
-    # Drawn from ids that exist: PostgreSQL spends a sequence value on every upsert that conflicts.
-    return "GET", f"/customers/{rng.choice(ctx.customer_ids)}/summary", None, {"X-API-Key": ctx.api_key}
-
-
-def _mixed(rng: random.Random, ctx: Context) -> Request:
-    # A day in the life: mostly reading the feed and posts, a purchase every fifth request.
-    roll = rng.random()
-    pick = _purchase if roll < 0.2 else _posts if roll < 0.6 else _feed if roll < 0.85 else _summary
-    return pick(rng, ctx)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    title: str
-    make: Callable[[random.Random, Context], Request]
-    rows_per_request: int = 1
-    compared: bool = False  # the limit app serves it too
-    connections: int | None = None  # instead of --connections (1000-row batches want fewer)
-
+from service.load import Run, builtin_load, wrk_load, wrk_script
+from service.scenarios import SCENARIOS, Context, Scenario, batch_request
 
 # Before a scenario's rounds each server gets this much of its load, unmeasured: pools fill,
 # statements are prepared, caches warm.
 WARM_UP_SECONDS = 2
 MEMORY_RUN_SECONDS = 10
 MEMORY_LIMIT = 0.10  # a worker's RSS may grow this much between the early and the late sample
-
-SCENARIOS = {
-    s.name: s
-    for s in (
-        Scenario("purchase", "POST /purchases", _purchase, compared=True),
-        Scenario("batch", "POST /purchases/batch (1000 rows)", _batch, rows_per_request=1000, connections=4),
-        Scenario("posts", "GET /posts?limit=20", _posts, compared=True),
-        Scenario("feed", "GET /feed?limit=20", _feed),
-        Scenario("summary", "GET /customers/{id}/summary", _summary),
-        Scenario("mixed", "mixed: 60% posts/feed, 20% purchases, 15% summary", _mixed),
-    )
-}
 
 
 # Orchestration: databases, servers, rounds.
@@ -243,7 +165,7 @@ def prepare(base: str, env: dict[str, str], root: Path, reader: str, say: Callab
     say("  recording 10,000 purchases for up to 5,000 customers (for the summary scenario)")
     rng = random.Random(7)
     for _ in range(10):
-        _, path, body, headers = _batch(rng, ctx)
+        _, path, body, headers = batch_request(rng, ctx)
         _post_json(f"{base}{path}", orjson.loads(body or b"{}"), headers)
     # The summary scenario draws among the first thousand customers that exist.
     cursor = ""

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from service.bench import Context, _posts, _purchase
 from service.load import Run, builtin_load, parse_wrk, wrk_load, wrk_script
+from service.scenarios import Context, posts_request, purchase_request
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def test_wrk_sends_the_scenarios_requests(
         pytest.skip("wrk is not installed (apt-get install wrk); the built-in generator is used instead")
     rng = random.Random(1)
     ctx = Context(api_key=api_key, token="", customer_ids=[1])
-    script = wrk_script([_purchase(rng, ctx) for _ in range(20)] + [_posts(rng, ctx)], tmp_path)
+    script = wrk_script([purchase_request(rng, ctx) for _ in range(20)] + [posts_request(rng, ctx)], tmp_path)
     with live_service() as base:
         run = wrk_load(base, script, 1, 4)
     assert run.requests_per_second > 10
