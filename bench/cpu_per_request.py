@@ -30,33 +30,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.bench import fresh_database, seed_database  # noqa: E402 - after the path is set
+from service.scenarios import Context, posts_request, purchase_request  # noqa: E402
 from service.seed_size import SeedSize  # noqa: E402
 
 CALLERS = 32
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
-def purchase_body(rng: random.Random) -> bytes:
-    # The draw of ../shared/bench/purchases.lua: 5,000 emails, about half the requests new customers.
-    n = rng.randint(1, 5000)
-    return (
-        b'{"customer":{"email":"Cust%d@Example.com","name":"Customer %d"},'
-        b'"item":"item%d","quantity":%d,"unit_price":"12.50"}' % (n, n, rng.randint(1, 50), rng.randint(1, 5))
-    )
-
-
 async def call(app: App, state: dict[str, Any], route: str, api_key: str, rng: random.Random) -> int:
-    """One request straight into the app; its status."""
-    headers = [(b"host", b"bench")]
-    if route == "posts":
-        method, path, query, body = "GET", "/posts", b"limit=20", b""
-    else:
-        method, path, query, body = "POST", "/purchases", b"", purchase_body(rng)
-        headers += [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-api-key", api_key.encode()),
-        ]
+    """One request of the bench's scenario straight into the app; its status."""
+    make = posts_request if route == "posts" else purchase_request
+    method, target, payload, extra = make(rng, Context(api_key=api_key, token="", customer_ids=[]))
+    body = payload or b""
+    path, _, query = target.partition("?")
+    headers = [(b"host", b"bench")] + [(name.lower().encode(), text.encode()) for name, text in extra.items()]
+    if payload is not None:
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     scope = {
         "type": "http",
         "http_version": "1.1",
@@ -65,7 +54,7 @@ async def call(app: App, state: dict[str, Any], route: str, api_key: str, rng: r
         "path": path,
         "raw_path": path.encode(),
         "root_path": "",
-        "query_string": query,
+        "query_string": query.encode(),
         "headers": headers,
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 80),
@@ -178,10 +167,7 @@ def main() -> None:
     except ImportError:
         pass
     with fresh_database(options.database, options.postgres_url) as url:
-        limit_shape = SeedSize(
-            users=1000, posts=10_000, likes=50_000, reposts=10_000, comments=20_000, follows=10_000
-        )
-        seed_database(url, limit_shape)
+        seed_database(url, SeedSize())  # the limit app's shape
         app, key = service_app(url)
         apps: dict[str, tuple[App, str]] = {"service": (app, key)}
         if Path(options.limit_app).is_file():

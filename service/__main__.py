@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from service.config import Settings, SettingsError, load_settings
+from service.scenarios import SCENARIOS
 from service.seed_size import SeedSize
 
 
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--scenario",
         action="append",
-        choices=["purchase", "batch", "posts", "feed", "summary", "mixed"],
+        choices=list(SCENARIOS),
         help="repeat for several (default: all)",
     )
     bench.add_argument("--workers", type=int, default=1, help="service workers (default 1)")
@@ -211,7 +212,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pathlib import Path
 
         from service.bench import run_bench
-        from service.scenarios import SCENARIOS
 
         args.database = args.database or ["sqlite", "postgresql"]
         args.scenario = args.scenario or list(SCENARIOS)

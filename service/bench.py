@@ -217,6 +217,10 @@ class Memory:
         return max(late / early - 1 for early, late in pairs)
 
 
+def _mib(rss: list[float]) -> str:
+    return ", ".join(f"{r:.1f}" for r in rss)
+
+
 def _rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -250,9 +254,9 @@ def measure_memory(
         samples.append((done, rss))
         if early is None and done >= early_mark:
             early = (done, rss)
-            say(f"  memory: {done:,} requests, worker RSS {', '.join(f'{r:.1f}' for r in rss)} MiB")
+            say(f"  memory: {done:,} requests, worker RSS {_mib(rss)} MiB")
     assert early is not None
-    say(f"  memory: {done:,} requests, worker RSS {', '.join(f'{r:.1f}' for r in rss)} MiB")
+    say(f"  memory: {done:,} requests, worker RSS {_mib(rss)} MiB")
     return Memory(kind, len(workers), early[0], early[1], done, rss, samples)
 
 
@@ -462,10 +466,9 @@ def run_bench(options: Any, root: Path) -> int:
 
 
 def _memory_line(m: Memory) -> str:
-    early = ", ".join(f"{r:.1f}" for r in m.early_rss_mib)
-    late = ", ".join(f"{r:.1f}" for r in m.late_rss_mib)
     verdict = "within" if m.growth <= MEMORY_LIMIT else "MORE THAN"
     return (
-        f"{m.database:10} memory: worker RSS {early} MiB after {m.early_requests:,} requests, "
-        f"{late} MiB after {m.late_requests:,} ({m.growth:+.1%}, {verdict} {MEMORY_LIMIT:.0%})"
+        f"{m.database:10} memory: worker RSS {_mib(m.early_rss_mib)} MiB after {m.early_requests:,} "
+        f"requests, {_mib(m.late_rss_mib)} MiB after {m.late_requests:,} "
+        f"({m.growth:+.1%}, {verdict} {MEMORY_LIMIT:.0%})"
     )

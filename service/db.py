@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -108,8 +109,12 @@ class Database(databases.Database):
         async with self.connection() as connection:
             backend = connection._connection
             if isinstance(backend, SQLiteConnection):
-                async with connection._query_lock:
-                    return await backend.fetch_all_atomically(queries, bool(connection._transaction_stack))
+                in_transaction = bool(connection._transaction_stack)
+                # An open transaction holds the write lock already; otherwise take it now (second,
+                # as this task already holds its connection).
+                writing = contextlib.nullcontext() if in_transaction else self._backend.pool.write_lock
+                async with connection._query_lock, writing:
+                    return await backend.fetch_all_atomically(queries, in_transaction)
             async with connection.transaction():
                 return [list(await connection.fetch_all(query)) for query in queries]
 

@@ -232,14 +232,23 @@ async def list_purchases(db: Database, query: Mapping[str, Any], page: Page) -> 
 
 
 async def _respond_once(
-    request: Request, caller: Caller, body: Any, work: Callable[[], Awaitable[StoredResponse]]
+    request: Request,
+    caller: Caller | PresentedApiKey,
+    body: Any,
+    work: Callable[[Caller | PresentedApiKey], Awaitable[StoredResponse]],
 ) -> Response:
-    """Run `work` (-> StoredResponse) once per Idempotency-Key, or just run it when there is none."""
+    """Run `work(caller)` once per Idempotency-Key, or just run it when there is none.
+
+    A presented API key goes to `work` unchecked (the write checks it) unless there is a key to
+    claim: a claim is stored under the caller's name, so then the key is looked up first.
+    """
     key = idempotency_key(request)
     if key is None:
-        return (await work()).to_response(replayed=False)
+        return (await work(caller)).to_response(replayed=False)
+    db = database(request)
+    known = await check_api_key(db, caller) if isinstance(caller, PresentedApiKey) else caller
     response, replayed = await run_once(
-        database(request), caller.captured_by, key, request_fingerprint(request, body), work
+        db, known.captured_by, key, request_fingerprint(request, body), lambda: work(known)
     )
     return response.to_response(replayed)
 
@@ -251,17 +260,12 @@ async def create_purchase(request: Request, caller: Caller | PresentedApiKey) ->
     body = await read_json(request)
     purchase = load(_purchase_in, body)
     db = database(request)
-    if isinstance(caller, PresentedApiKey) and idempotency_key(request) is not None:
-        caller = await check_api_key(db, caller)  # the key's claim is stored under the caller's name
-    writer = caller  # without an Idempotency-Key, a presented key is checked by the write itself
 
-    async def work() -> StoredResponse:
+    async def work(writer: Caller | PresentedApiKey) -> StoredResponse:
         row = await record_purchase(db, purchase, writer)
         return StoredResponse(201, orjson.dumps(purchase_json(row)), f"/purchases/{row['id']}")
 
-    if isinstance(writer, PresentedApiKey):
-        return (await work()).to_response(replayed=False)
-    return await _respond_once(request, writer, body, work)
+    return await _respond_once(request, caller, body, work)
 
 
 @requires_caller
@@ -272,7 +276,8 @@ async def create_purchase_batch(request: Request, caller: Caller) -> Response:
     batch = load(_batch_in, body)
     db = database(request)
 
-    async def work() -> StoredResponse:
+    async def work(writer: Caller | PresentedApiKey) -> StoredResponse:
+        # `writer` is `caller`: this route's credential was checked before it ran.
         result = await record_batch(db, batch["purchases"], caller.captured_by)
         return StoredResponse(201, orjson.dumps(result), None)
 

@@ -51,8 +51,8 @@ def _adapt(arguments: dict[str, Any]) -> dict[str, Any]:
 class TaskLock:
     """An asyncio lock that the task holding it may take again (each take needs its release).
 
-    SQLite's write lock in this process: writers take it before they borrow a connection, and the
-    transaction code below takes it again on the same task.
+    SQLite's write lock in this process: writers take it before they borrow a connection; a
+    transaction opened inside another one takes it again on the same task.
     """
 
     def __init__(self) -> None:
@@ -234,7 +234,10 @@ class SQLiteConnection(ConnectionBackend):
     async def fetch_all_atomically(
         self, queries: Sequence[ClauseElement], in_transaction: bool
     ) -> list[list[Any]]:
-        """Run the statements as one transaction (or inside the open one) in a single thread hop."""
+        """Run the statements as one transaction (or inside the open one) in a single thread hop.
+
+        The caller holds the process's write lock (`Database.fetch_all_atomically` takes it).
+        """
         prepared = [self._prepare(query) for query in queries]
 
         def run(conn: sqlite3.Connection) -> list[list[Any]]:
@@ -250,10 +253,7 @@ class SQLiteConnection(ConnectionBackend):
                 raise
             return results
 
-        if in_transaction:
-            return await self._in_thread(run)
-        async with self._pool.write_lock:
-            return await self._in_thread(run)
+        return await self._in_thread(run)
 
     async def iterate(self, query: ClauseElement) -> AsyncGenerator[Any, None]:
         for row in await self.fetch_all(query):
@@ -278,29 +278,19 @@ class SQLiteTransaction(TransactionBackend):
             self._savepoint = f"sp_{uuid.uuid4().hex}"
             await self._run(f"SAVEPOINT {self._savepoint}")
             return
-        await self._connection._pool.write_lock.acquire()
-        try:
-            await self._run("BEGIN IMMEDIATE")
-        except BaseException:
-            self._connection._pool.write_lock.release()
-            raise
+        # `Database.transaction` holds the process's write lock around the whole transaction.
+        await self._run("BEGIN IMMEDIATE")
 
     async def commit(self) -> None:
         if not self._is_root:
             await self._run(f"RELEASE SAVEPOINT {self._savepoint}")
             return
-        try:
-            await self._run("COMMIT")
-        finally:
-            self._connection._pool.write_lock.release()
+        await self._run("COMMIT")
 
     async def rollback(self) -> None:
         if not self._is_root:
             await self._run(f"ROLLBACK TO SAVEPOINT {self._savepoint}")
             await self._run(f"RELEASE SAVEPOINT {self._savepoint}")
             return
-        try:
-            if self._connection.raw_connection.in_transaction:
-                await self._run("ROLLBACK")
-        finally:
-            self._connection._pool.write_lock.release()
+        if self._connection.raw_connection.in_transaction:
+            await self._run("ROLLBACK")

@@ -17,6 +17,7 @@ from service.auth import Caller, requires_api_key
 from service.config import Settings
 from service.responses import JSONResponse
 from tests.conftest import table_counts
+from tests.test_purchases import purchase
 
 CLI = Callable[..., tuple[int, str, str]]
 
@@ -120,14 +121,6 @@ def test_revoking_an_unknown_name_says_so(apikey_cli: CLI) -> None:
     assert code == 1 and "no live key named 'nobody'" in err
 
 
-GOOD_PURCHASE = {
-    "customer": {"email": "ann@example.com", "name": "Ann"},
-    "item": "book",
-    "quantity": 1,
-    "unit_price": "9.99",
-}
-
-
 def test_a_purchase_checks_its_key_in_its_own_statement_and_writes_nothing_for_a_dead_one(
     apikey_cli: CLI, keyed_app: TestClient, database_url: str
 ) -> None:
@@ -136,22 +129,23 @@ def test_a_purchase_checks_its_key_in_its_own_statement_and_writes_nothing_for_a
     # leave the database as it was.
     _, out, _ = apikey_cli("create", "billing")
     key = {"X-API-Key": out.strip()}
-    first = keyed_app.post("/purchases", json=GOOD_PURCHASE, headers=key)
+    good = purchase("ann@example.com", "Ann")
+    first = keyed_app.post("/purchases", json=good, headers=key)
     assert first.status_code == 201
     assert first.json()["captured_by"] == "api_key:billing"
     assert first.json()["customer_created"] is True
-    bad_quantity = {**GOOD_PURCHASE, "quantity": 0}
+    bad_quantity = purchase("ann@example.com", "Ann", quantity=0)
     assert keyed_app.post("/purchases", json=bad_quantity, headers=key).status_code == 422
 
     apikey_cli("revoke", "billing")
     before = table_counts(database_url)
     text = {"Content-Type": "text/plain"}
     attempts: list[tuple[dict[str, Any], dict[str, str]]] = [
-        ({"json": GOOD_PURCHASE}, key),
-        ({"json": GOOD_PURCHASE}, {**key, "Idempotency-Key": "retry-1"}),
+        ({"json": good}, key),
+        ({"json": good}, {**key, "Idempotency-Key": "retry-1"}),
         ({"json": bad_quantity}, key),  # 401, not the 422 the body would earn
         ({"content": b"not json"}, {**key, **text}),  # 401, not 415
-        ({"json": GOOD_PURCHASE}, {"X-API-Key": "pfs_never-issued"}),
+        ({"json": good}, {"X-API-Key": "pfs_never-issued"}),
     ]
     for body, headers in attempts:
         response = keyed_app.post("/purchases", **body, headers=headers)
