@@ -27,10 +27,11 @@ def build_app(backend: str, url: str):  # type: ignore[no-untyped-def]
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    from service.db import Database, create_schema
+    from service.db import Database
+    from service.migrations.schema import prepare_schema
     from service.responses import JSONResponse
 
-    create_schema(url)
+    prepare_schema(url)
     db = databases.Database(url) if backend == "stock" else Database(url, min_size=2, max_size=10)
 
     async def one(request):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Command line: `python -m service` serves; `python -m service apikey create NAME` makes a key."""
+"""Command line: `python -m service` serves; `apikey`, `db`, `seed` and `bench` do the rest."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from service.config import Settings, SettingsError, load_settings
+from service.migrations.commands import add_db_commands, run_db_command
+from service.migrations.schema import SchemaRefused
 from service.scenarios import SCENARIOS
 from service.seed_size import SeedSize
 
@@ -32,7 +34,7 @@ def _add_size_options(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
-        description="Serve the API (the default), or manage API keys.",
+        description="Serve the API (the default), manage API keys and the schema, seed, benchmark.",
     )
     parser.add_argument("--host", help="interface to listen on (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default: PORT or 8000)")
@@ -47,6 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="every key with its state (never the key)")
     revoke = actions.add_parser("revoke", help="revoke the live key with this name")
     revoke.add_argument("name")
+
+    add_db_commands(commands)
 
     seed = commands.add_parser(
         "seed", help="load a social data set (users, posts, likes, ...) for demos and benchmarks"
@@ -97,16 +101,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(settings: Settings, host: str | None, port: int | None, workers: int | None) -> None:
+def serve(settings: Settings, host: str | None, port: int | None, workers: int | None) -> int:
+    import logging
+
     import uvicorn
 
     from service.logs import configure_logging
+    from service.migrations.schema import prepare_schema
 
+    configure_logging(settings.log_level, settings.log_format)
+    # Once, before any worker starts; a refusal (SchemaRefused) ends start-up in main().
+    logging.getLogger("service").info(prepare_schema(settings.database_url, settings.migration_policy))
     workers = workers or settings.workers
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its metrics here; a scrape of any worker sums them all.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="service-metrics-")
-    configure_logging(settings.log_level, settings.log_format)
     uvicorn.run(
         "service.app:serve_app",
         factory=True,
@@ -119,13 +128,15 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
         access_log=False,
         server_header=False,
     )
+    return 0
 
 
 def _with_database(settings: Settings, work: Callable[[Any], Awaitable[int]]) -> int:
-    from service.db import create_schema, open_database
+    from service.db import open_database
+    from service.migrations.schema import prepare_schema
 
     async def run() -> int:
-        create_schema(settings.database_url)
+        prepare_schema(settings.database_url, settings.migration_policy)
         db = open_database(settings)
         await db.connect()
         try:
@@ -204,10 +215,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _run(settings, args)
+    except SchemaRefused as exc:
+        # Like a bad setting: one line, exit status 2, no traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "apikey":
         return apikey(settings, args.action, getattr(args, "name", None))
     if args.command == "seed":
         return seed(settings, args)
+    if args.command == "db":
+        return run_db_command(settings.database_url, settings.migration_policy, args)
     if args.command == "bench":
         from pathlib import Path
 
@@ -216,8 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.database = args.database or ["sqlite", "postgresql"]
         args.scenario = args.scenario or list(SCENARIOS)
         return run_bench(args, Path.cwd())
-    serve(settings, args.host, args.port, args.workers)
-    return 0
+    return serve(settings, args.host, args.port, args.workers)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,12 @@ from starlette.types import Scope
 from service import accounts, customers, operations, pages, purchases, reports, social
 from service.auth import AuthSettings
 from service.config import Settings, load_settings
-from service.db import create_schema, open_database
+from service.db import open_database
 from service.errors import EXCEPTION_HANDLERS
 from service.housekeeping import purge_forever, refresh_pool_gauges
 from service.logs import configure_logging
 from service.middleware import RequestContextMiddleware
+from service.migrations.schema import prepare_schema
 from service.tokens import signing_key
 from service.validation import USERNAME_REGEX
 
@@ -108,7 +109,10 @@ def all_routes() -> list[BaseRoute]:
         route("/auth/sessions", accounts.list_sessions),
         route("/auth/sessions/{id:int}", {"DELETE": accounts.end_session}),
         route("/users/me", accounts.me),  # before /users/{username}; "me" is too short to be a username
-        route("/posts/{id:int}", {"GET": social.show_post, "DELETE": social.delete_post}),
+        route(
+            "/posts/{id:int}",
+            {"GET": social.show_post, "PATCH": social.edit_post, "DELETE": social.delete_post},
+        ),
         route("/posts/{id:int}/comments", {"GET": social.list_comments, "POST": social.create_comment}),
         route("/posts/{id:int}/like", {"PUT": social.like, "DELETE": social.unlike}),
         route("/posts/{id:int}/repost", {"PUT": social.repost, "DELETE": social.unrepost}),
@@ -127,7 +131,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        await asyncio.to_thread(create_schema, settings.database_url)
+        # `python -m service` has done this already, before any worker started; here it finds the
+        # database at head and only checks it (an app made by create_app elsewhere gets the full step).
+        log.info(await asyncio.to_thread(prepare_schema, settings.database_url, settings.migration_policy))
         auth = AuthSettings(
             signing_key=await asyncio.to_thread(signing_key, settings),
             token_ttl=timedelta(seconds=settings.access_token_ttl),

@@ -129,11 +129,12 @@ def seed_database(url: str, size: Any) -> str:
     from dataclasses import replace
 
     from service.config import load_settings
-    from service.db import create_schema, open_database
+    from service.db import open_database
+    from service.migrations.schema import prepare_schema
     from service.seed import seed
 
     async def run() -> str:
-        create_schema(url)
+        prepare_schema(url)
         db = open_database(replace(load_settings(environ={}, env_file=None), database_url=url))
         await db.connect()
         try:

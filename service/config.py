@@ -20,6 +20,19 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
+class MigrationPolicy:
+    """How the start-up step may change the schema, and how long it may wait."""
+
+    migrate_on_start: bool = True
+    # PostgreSQL: how long one migration statement waits for a table lock before it gives up
+    # (so it never queues the service's own traffic behind it), and how often it tries again.
+    lock_timeout_ms: int = 2000
+    lock_retries: int = 10
+    # How long a starting worker waits for another one's migration to finish.
+    wait_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     host: str
@@ -35,10 +48,21 @@ class Settings:
     bcrypt_rounds: int
     access_token_ttl: int
     session_retention_hours: int
+    migrate_on_start: bool
+    migration_lock_timeout_ms: int
+    migration_lock_retries: int
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def migration_policy(self) -> MigrationPolicy:
+        return MigrationPolicy(
+            migrate_on_start=self.migrate_on_start,
+            lock_timeout_ms=self.migration_lock_timeout_ms,
+            lock_retries=self.migration_lock_retries,
+        )
 
 
 # Every setting, its default and what it means: the README's configuration table is this list.
@@ -68,6 +92,21 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         "SESSION_RETENTION_HOURS",
         "24",
         "how long expired and revoked sessions are kept before they are purged",
+    ),
+    (
+        "MIGRATE_ON_START",
+        "true",
+        "bring the schema to the code's head before serving; false: refuse to start until `db upgrade`",
+    ),
+    (
+        "MIGRATION_LOCK_TIMEOUT_MS",
+        "2000",
+        "PostgreSQL: how long a migration statement waits for a table lock before it backs off",
+    ),
+    (
+        "MIGRATION_LOCK_RETRIES",
+        "10",
+        "how often a migration that backed off is tried again (pauses grow to 5 s)",
     ),
 ]
 
@@ -106,6 +145,18 @@ def _database_url(raw: str) -> str:
     raise SettingsError(
         f"DATABASE_URL must start with sqlite:/// (and name a file) or postgresql://, got {raw!r}"
     )
+
+
+def _boolean(name: str) -> Callable[[str], bool]:
+    def cast(raw: str) -> bool:
+        value = raw.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+    return cast
 
 
 def _secret_key(raw: str) -> str:
@@ -154,6 +205,13 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         ),
         session_retention_hours=_read(
             config, "SESSION_RETENTION_HOURS", _integer("SESSION_RETENTION_HOURS", 0, 24 * 365), "24"
+        ),
+        migrate_on_start=_read(config, "MIGRATE_ON_START", _boolean("MIGRATE_ON_START"), "true"),
+        migration_lock_timeout_ms=_read(
+            config, "MIGRATION_LOCK_TIMEOUT_MS", _integer("MIGRATION_LOCK_TIMEOUT_MS", 10, 600_000), "2000"
+        ),
+        migration_lock_retries=_read(
+            config, "MIGRATION_LOCK_RETRIES", _integer("MIGRATION_LOCK_RETRIES", 0, 1000), "10"
         ),
     )
     if settings.db_pool_min > settings.db_pool_max:

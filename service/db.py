@@ -1,28 +1,24 @@
-"""The database: the async `databases` connection the routes use, and the one-time schema set-up."""
+"""The database: the async `databases` connection the routes use, and how its errors are classified.
+
+The schema is set up before serving by `service.migrations` (a sync engine, Alembic).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import sqlite3
-import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 import databases
 import databases.core
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from service.config import Settings
 from service.queries import Queries, Statement, load_queries
-from service.sqlite_backend import SQLiteBackend, SQLiteConnection, TaskLock, sqlite_path
-from service.tables import metadata
+from service.sqlite_backend import SQLiteBackend, SQLiteConnection, TaskLock
 
-# Any constant will do; it only has to be the same in every worker of every version.
-SCHEMA_LOCK_KEY = 7_311_202_611
 PING_TIMEOUT_SECONDS = 2.0
 
 T = TypeVar("T")
@@ -171,60 +167,6 @@ def open_database(settings: Settings) -> Database:
     if settings.is_sqlite:
         options["busy_timeout_ms"] = settings.sqlite_busy_timeout_ms
     return Database(settings.database_url, **options)
-
-
-def create_schema(database_url: str) -> None:
-    """Create whatever tables and indexes are missing. Safe when several workers start at once."""
-    if database_url.startswith("sqlite"):
-        _create_sqlite_schema(sqlite_path(database_url))
-    else:
-        _create_postgres_schema(database_url)
-
-
-def _create_sqlite_schema(path: str) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
-    try:
-        with engine.connect() as conn:
-            _switch_to_wal(conn)
-            # The write lock, taken before the existence checks, makes workers create tables one at a time.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-            metadata.create_all(conn)
-            conn.commit()
-    finally:
-        engine.dispose()
-
-
-def _switch_to_wal(conn: Any, patience_seconds: float = 30.0) -> None:
-    """WAL is a property of the file: set once, by whichever worker gets there first.
-
-    SQLite answers "database is locked" at once, without waiting out its busy timeout, when two
-    connections race to change the journal mode of a new file; so wait and try again here.
-    """
-    deadline = time.monotonic() + patience_seconds
-    pause = 0.01
-    while True:
-        try:
-            if conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal":
-                return
-            conn.exec_driver_sql("PRAGMA journal_mode = WAL")
-            return
-        except OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.5)
-
-
-def _create_postgres_schema(database_url: str) -> None:
-    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
-    try:
-        with engine.begin() as conn:
-            # PostgreSQL DDL is transactional; the advisory lock serialises workers until commit.
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-            metadata.create_all(conn)
-    finally:
-        engine.dispose()
 
 
 _UNAVAILABLE_POSTGRES = (

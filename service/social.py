@@ -35,6 +35,7 @@ class PostOut(Schema):
     author = fields.String(required=True)
     content = fields.String(required=True)
     created_at = fields.DateTime(required=True)
+    edited_at = fields.DateTime(required=True, allow_none=True, metadata={"description": "null until edited"})
     like_count = fields.Integer(required=True)
     repost_count = fields.Integer(required=True)
     comment_count = fields.Integer(required=True)
@@ -77,6 +78,7 @@ def post_json(row: Any) -> dict[str, Any]:
         "author": row["author"],
         "content": row["content"],
         "created_at": from_database(row["created_at"]),
+        "edited_at": from_database(row["edited_at"]),
         "like_count": int(row["like_count"]),
         "repost_count": int(row["repost_count"]),
         "comment_count": int(row["comment_count"]),
@@ -128,7 +130,14 @@ async def create_post(request: Request, caller: Caller) -> Response:
         db.sql.create_post, {"author_id": caller.id, "content": body["content"], "now": utc_now()}
     )
     assert row is not None
-    post = {**dict(row), "author": caller.name, "like_count": 0, "repost_count": 0, "comment_count": 0}
+    post = {
+        **dict(row),
+        "author": caller.name,
+        "edited_at": None,
+        "like_count": 0,
+        "repost_count": 0,
+        "comment_count": 0,
+    }
     return created(post_json(post), f"/posts/{row['id']}")
 
 
@@ -149,6 +158,30 @@ async def list_posts(request: Request) -> Response:
     page = _page(request)
     db = database(request)
     return JSONResponse(page.respond(await db.fetch_all(db.sql.list_posts, page.values()), post_json))
+
+
+@requires_user
+@documented(body=PostIn, responses={200: PostOut}, errors=[403])
+async def edit_post(request: Request, caller: Caller) -> Response:
+    """Replace your own post's content (1 to 280 characters); sets edited_at. 403 for someone else's."""
+    post_id = path_id(request)
+    body = await read_valid_json(request, _post_in)
+    db = database(request)
+    # The edit and the read-back in one transaction: the answer is the post as this edit left it.
+    edited, shown = await db.fetch_all_atomically(
+        [
+            (
+                db.sql.edit_own_post,
+                {"id": post_id, "author_id": caller.id, "content": body["content"], "now": utc_now()},
+            ),
+            (db.sql.get_post, {"id": post_id}),
+        ]
+    )
+    if not shown:
+        raise Problem(404, f"There is no post {post_id}.")
+    if not edited:
+        raise Problem(403, "Only the author may edit a post.")
+    return JSONResponse(post_json(shown[0]))
 
 
 @requires_user

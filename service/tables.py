@@ -132,6 +132,8 @@ posts = Table(
     Column("author_id", Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("content", String(280), nullable=False),
     Column("created_at", Timestamp, nullable=False),
+    # Set by PATCH /posts/{id}; null until the post is first edited. (Revision 0002.)
+    Column("edited_at", Timestamp),
 )
 # All posts newest first; one author's newest first (also how the feed reads each followee).
 Index("ix_posts_created", posts.c.created_at, posts.c.id)

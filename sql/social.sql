@@ -6,7 +6,7 @@ RETURNING id, content, created_at
 
 -- name: get_post
 -- One post with its author and counts.
-SELECT p.id, u.username AS author, p.content, p.created_at,
+SELECT p.id, u.username AS author, p.content, p.created_at, p.edited_at,
        (SELECT count(*) FROM likes l WHERE l.post_id = p.id) AS like_count,
        (SELECT count(*) FROM reposts r WHERE r.post_id = p.id) AS repost_count,
        (SELECT count(*) FROM comments c WHERE c.post_id = p.id) AS comment_count
@@ -17,7 +17,7 @@ WHERE p.id = :id
 -- name: list_posts
 -- A page of all posts, newest first, each with its author and counts, in one statement: the
 -- page is read from ix_posts_created, and each count from its own index for those rows only.
-SELECT p.id, u.username AS author, p.content, p.created_at,
+SELECT p.id, u.username AS author, p.content, p.created_at, p.edited_at,
        (SELECT count(*) FROM likes l WHERE l.post_id = p.id) AS like_count,
        (SELECT count(*) FROM reposts r WHERE r.post_id = p.id) AS repost_count,
        (SELECT count(*) FROM comments c WHERE c.post_id = p.id) AS comment_count
@@ -29,7 +29,7 @@ LIMIT :limit
 
 -- name: list_posts_of_user
 -- A page of one user's posts, newest first, with counts (ix_posts_author).
-SELECT p.id, u.username AS author, p.content, p.created_at,
+SELECT p.id, u.username AS author, p.content, p.created_at, p.edited_at,
        (SELECT count(*) FROM likes l WHERE l.post_id = p.id) AS like_count,
        (SELECT count(*) FROM reposts r WHERE r.post_id = p.id) AS repost_count,
        (SELECT count(*) FROM comments c WHERE c.post_id = p.id) AS comment_count
@@ -43,7 +43,7 @@ LIMIT :limit
 -- name: feed
 -- A page of the user's timeline: their own posts and those of everyone they follow, newest
 -- first, with counts.
-SELECT p.id, u.username AS author, p.content, p.created_at,
+SELECT p.id, u.username AS author, p.content, p.created_at, p.edited_at,
        (SELECT count(*) FROM likes l WHERE l.post_id = p.id) AS like_count,
        (SELECT count(*) FROM reposts r WHERE r.post_id = p.id) AS repost_count,
        (SELECT count(*) FROM comments c WHERE c.post_id = p.id) AS comment_count
@@ -54,6 +54,13 @@ WHERE (p.author_id = :user_id
   AND (p.created_at, p.id) < (:before_at, :before_id)
 ORDER BY p.created_at DESC, p.id DESC
 LIMIT :limit
+
+-- name: edit_own_post
+-- Replace a post's content if this user wrote it, noting when; no row back for anyone else's.
+UPDATE posts
+SET content = :content, edited_at = :now
+WHERE id = :id AND author_id = :author_id
+RETURNING id
 
 -- name: delete_own_post
 -- Delete a post if this user wrote it; its likes, reposts and comments go with it (cascade).

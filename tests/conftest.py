@@ -70,6 +70,23 @@ def postgres_database() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def fresh_database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database with no tables at all (not even the ones earlier tests made), dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'fresh.db'}"
+        return
+    request.getfixturevalue("postgres_database")  # skips or fails exactly as the shared database does
+    admin = _postgres_admin_url()
+    assert admin is not None
+    name = f"pfs_fresh_{os.getpid()}_{secrets.token_hex(3)}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"{admin.rsplit('/', 1)[0]}/{name}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def empty_postgres(url: str) -> None:
     tables = ", ".join(table.name for table in metadata.sorted_tables)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -183,6 +200,24 @@ def service_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
+def wait_until_answering(process: subprocess.Popen[Any], base: str, path: str, timeout: float) -> None:
+    """Wait until the service `process` answers 200 at `path`; fail with its output if it exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            output = process.communicate()[0] or ""
+            text = output.decode() if isinstance(output, bytes) else output
+            raise AssertionError(f"service exited with {process.returncode}:\n{text}")
+        try:
+            if httpx.get(f"{base}{path}", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"service did not answer {path} in time")
+        time.sleep(0.1)
+
+
 @contextmanager
 def running_service(
     args: list[str], env: dict[str, str], port: int, cwd: Path = ROOT, timeout: float = 30.0
@@ -191,19 +226,7 @@ def running_service(
     process = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                output = process.stdout.read().decode() if process.stdout else ""
-                raise AssertionError(f"service exited with {process.returncode}:\n{output}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("service did not answer /health in time")
-            time.sleep(0.1)
+        wait_until_answering(process, base, "/health", timeout)
         yield base
     finally:
         process.terminate()
@@ -243,10 +266,11 @@ def table_counts(database_url: str) -> dict[str, int]:
 def make_api_key(settings: Settings, name: str = "tests") -> str:
     """A live API key on the test's database, made as `python -m service apikey create` makes one."""
     from service.apikeys import create_api_key
-    from service.db import create_schema, open_database
+    from service.db import open_database
+    from service.migrations.schema import prepare_schema
 
     async def create() -> str:
-        create_schema(settings.database_url)
+        prepare_schema(settings.database_url)
         db = open_database(settings)
         await db.connect()
         try:

@@ -18,6 +18,12 @@ def test_defaults_need_no_configuration() -> None:
     assert (settings.host, settings.port, settings.workers) == ("127.0.0.1", 8000, 1)
     assert settings.max_body_bytes == 1024 * 1024
     assert settings.log_format == "text"
+    assert settings.migrate_on_start is True
+
+
+@pytest.mark.parametrize(("raw", "value"), [("false", False), ("0", False), ("off", False), ("TRUE", True)])
+def test_migrate_on_start_reads_the_usual_spellings(raw: str, value: bool) -> None:
+    assert load_settings(environ={"MIGRATE_ON_START": raw}, env_file=None).migrate_on_start is value
 
 
 def test_environment_overrides_dot_env_which_overrides_defaults(tmp_path: Path) -> None:
@@ -48,6 +54,8 @@ def test_postgres_scheme_alias_is_accepted() -> None:
         ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of text, json, got 'xml'"),
         ("DATABASE_URL", "mysql://x/y", "DATABASE_URL must start with sqlite:/// (and name a file)"),
         ("DB_POOL_MIN", "20", "DB_POOL_MIN (20) must not be larger than DB_POOL_MAX (2)"),
+        ("MIGRATE_ON_START", "maybe", "MIGRATE_ON_START must be true or false, got 'maybe'"),
+        ("MIGRATION_LOCK_TIMEOUT_MS", "5", "MIGRATION_LOCK_TIMEOUT_MS must be between 10 and 600000, got 5"),
     ],
 )
 def test_a_bad_setting_is_named_plainly(name: str, value: str, message: str) -> None:

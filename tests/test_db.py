@@ -3,77 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-import os
-import secrets
 import sqlite3
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
-import psycopg
 import pytest
-from sqlalchemy import create_engine, inspect
 from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings, load_settings
-from service.db import Database, create_schema, open_database
+from service.db import Database, open_database
+from service.migrations.schema import prepare_schema
 from service.queries import load_queries, parse_statements, sql_directory
 from service.tables import metadata
 from service.timestamps import utc_now
-from tests.conftest import _postgres_admin_url
-
-
-@pytest.fixture
-def fresh_database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A database with no tables at all (not even the ones earlier tests made)."""
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path / 'fresh.db'}"
-        return
-    request.getfixturevalue("postgres_database")  # skips or fails exactly as the shared database does
-    admin = _postgres_admin_url()
-    assert admin is not None
-    name = f"pfs_fresh_{os.getpid()}_{secrets.token_hex(3)}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"{admin.rsplit('/', 1)[0]}/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _create_schema_after(barrier: Any, url: str) -> None:
-    barrier.wait()
-    create_schema(url)
-
-
-def test_workers_starting_at_once_create_the_schema_once_without_crashing(
-    fresh_database_url: str, backend: str, tmp_path: Path
-) -> None:
-    spawn = multiprocessing.get_context("spawn")
-    # SQLite files are cheap: race on several new ones (the journal-mode switch only races on a new file).
-    urls = [f"sqlite:///{tmp_path / f'race{n}.db'}" for n in range(3)] if backend == "sqlite" else []
-    for url in [fresh_database_url, *urls]:
-        barrier = spawn.Barrier(6)
-        workers = [spawn.Process(target=_create_schema_after, args=(barrier, url)) for _ in range(6)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=60)
-        assert [worker.exitcode for worker in workers] == [0] * 6
-
-        engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-        try:
-            assert set(inspect(engine).get_table_names()) == set(metadata.tables)
-        finally:
-            engine.dispose()
-
-
-def test_schema_creation_is_idempotent(fresh_database_url: str) -> None:
-    create_schema(fresh_database_url)
-    create_schema(fresh_database_url)
 
 
 def test_every_foreign_key_has_an_index() -> None:
@@ -111,7 +56,7 @@ SORTED_LISTS = [
 @pytest.mark.parametrize("name", SORTED_LISTS)
 def test_sorted_lists_are_read_in_index_order(name: str, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'plan.db'}"
-    create_schema(url)
+    prepare_schema(url)
     statement = getattr(load_queries("sqlite"), name)
     with sqlite3.connect(tmp_path / "plan.db") as conn:
         plan = conn.execute(
@@ -148,7 +93,7 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_setti
     settings = sqlite_settings
 
     async def pragmas() -> tuple[Any, ...]:
-        create_schema(settings.database_url)
+        prepare_schema(settings.database_url)
         db = open_database(settings)
         await db.connect()
         try:
@@ -168,7 +113,7 @@ def test_concurrent_transactions_all_commit(settings: Settings) -> None:
     """Forty writers at once: none is refused for a lock, none is lost."""
 
     async def write_concurrently() -> int:
-        create_schema(settings.database_url)
+        prepare_schema(settings.database_url)
         db = open_database(replace(settings, db_pool_max=5))
         await db.connect()
 
@@ -191,7 +136,7 @@ def test_concurrent_transactions_all_commit(settings: Settings) -> None:
 
 def test_a_failed_transaction_leaves_nothing_behind(settings: Settings) -> None:
     async def fail_half_way() -> int:
-        create_schema(settings.database_url)
+        prepare_schema(settings.database_url)
         db = open_database(settings)
         await db.connect()
         row = {"name": "a", "key_hash": "h" * 64, "key_prefix": "p", "created_at": utc_now()}
@@ -227,7 +172,7 @@ def test_missing_parameters_are_named() -> None:
 
 def test_statements_run_atomically_commit_together_or_not_at_all(settings: Settings) -> None:
     async def run() -> tuple[int, int]:
-        create_schema(settings.database_url)
+        prepare_schema(settings.database_url)
         db = open_database(settings)
         await db.connect()
         row = {"name": "a", "key_hash": "h" * 64, "key_prefix": "p", "created_at": utc_now()}
@@ -267,7 +212,7 @@ def test_writers_readers_and_transactions_at_once_never_deadlock(settings: Setti
     # order, or a writer holding the lock waits for a connection held by a transaction waiting
     # for the lock. Here all three kinds run at once on a pool of two connections.
     async def run() -> int:
-        create_schema(settings.database_url)
+        prepare_schema(settings.database_url)
         db = Database(settings.database_url, min_size=1, max_size=2)
         await db.connect()
         counter = iter(range(10_000))

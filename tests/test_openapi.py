@@ -88,10 +88,12 @@ def test_request_bodies_come_from_the_marshmallow_schemas(spec: dict[str, Any]) 
         "author",
         "content",
         "created_at",
+        "edited_at",
         "like_count",
         "repost_count",
         "comment_count",
     }
+    assert "null" in schemas["PostOut"]["properties"]["edited_at"]["type"]  # null until edited
 
 
 def test_docs_are_served_with_every_asset_from_this_service(client: TestClient) -> None:

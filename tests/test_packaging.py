@@ -100,3 +100,38 @@ def test_the_installed_service_serves_on_sqlite_with_no_configuration(
     with running_service(args, env, port, cwd=tmp_path) as base:
         assert httpx.get(f"{base}/ready").status_code == 200
     assert (tmp_path / "data" / "service.db").is_file()
+
+
+def test_the_wheel_carries_the_migrations(wheelhouse: Path) -> None:
+    (wheel,) = wheelhouse.glob("purchase_feed_service-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("service/migrations/")}
+    in_repo = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "service" / "migrations").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+    assert {"service/migrations/env.py", "service/migrations/script.py.mako"} <= in_repo <= shipped
+
+
+def test_the_installed_service_migrates_a_database_as_a_one_off_command(
+    installed_service: Path, fresh_database_url: str, tmp_path: Path
+) -> None:
+    """`db upgrade` from the installed package (an image's one-off migration job), then `db check`."""
+    env = service_env(fresh_database_url)
+    env.pop("PYTHONPATH", None)
+
+    def db(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(installed_service), "-m", "service", "db", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert db("check").returncode == 1  # an empty database is not at head
+    upgrade = db("upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    check = db("check")
+    assert check.returncode == 0 and "(head); the tables match the code" in check.stdout, check.stderr

@@ -53,6 +53,7 @@ def test_writes_need_a_user_token(client: TestClient, api_key: str) -> None:
     for method, path in [
         ("POST", "/posts"),
         ("DELETE", f"/posts/{first['id']}"),
+        ("PATCH", f"/posts/{first['id']}"),
         ("POST", f"/posts/{first['id']}/comments"),
         ("PUT", f"/posts/{first['id']}/like"),
         ("PUT", f"/posts/{first['id']}/repost"),
@@ -128,6 +129,59 @@ def test_only_the_author_deletes_a_post_and_what_hangs_off_it_goes_too(
     assert client.delete(f"/posts/{p['id']}", headers=tim).status_code == 404
     counts = table_counts(database_url)
     assert (counts["posts"], counts["likes"], counts["reposts"], counts["comments"]) == (0, 0, 0, 0)
+
+
+def test_the_author_edits_a_post_and_every_view_shows_when(client: TestClient) -> None:
+    tim, sue = user(client, "tim"), user(client, "sue")
+    client.put("/users/tim/follow", headers=sue)
+    p = post(client, tim, "first draft")
+    assert p["edited_at"] is None
+    client.put(f"/posts/{p['id']}/like", headers=sue)
+
+    response = client.patch(f"/posts/{p['id']}", json={"content": "  second draft  "}, headers=tim)
+    assert response.status_code == 200, response.text
+    edited = response.json()
+    assert edited["content"] == "second draft"  # trimmed, as when creating
+    assert edited["edited_at"] is not None and edited["edited_at"] >= p["created_at"]
+    assert {k: edited[k] for k in ("id", "author", "created_at", "like_count")} == {
+        "id": p["id"],
+        "author": "tim",
+        "created_at": p["created_at"],
+        "like_count": 1,
+    }
+    # The same post, the same way, wherever it is shown.
+    assert client.get(f"/posts/{p['id']}").json() == edited
+    assert client.get("/posts").json()["items"] == [edited]
+    assert client.get("/users/tim/posts").json()["items"] == [edited]
+    assert client.get("/feed", headers=sue).json()["items"] == [edited]
+
+
+def test_a_post_never_edited_says_null_in_every_list(client: TestClient) -> None:
+    tim = user(client, "tim")
+    post(client, tim)
+    for path in ("/posts", "/users/tim/posts", "/feed"):
+        items = client.get(path, headers=tim).json()["items"]
+        assert [item["edited_at"] for item in items] == [None], path
+
+
+def test_only_the_author_edits_a_post(client: TestClient, database_url: str) -> None:
+    tim, sue = user(client, "tim"), user(client, "sue")
+    p = post(client, tim, "mine")
+    response = client.patch(f"/posts/{p['id']}", json={"content": "hijacked"}, headers=sue)
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    assert client.get(f"/posts/{p['id']}").json() == p  # untouched, edited_at still null
+    missing = client.patch("/posts/999999", json={"content": "x"}, headers=tim)
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize("content", ["", "   ", "x" * 281, None, 5])
+def test_an_edit_is_validated_as_a_new_post_is(client: TestClient, content: Any) -> None:
+    tim = user(client, "tim")
+    p = post(client, tim, "keep me")
+    response = client.patch(f"/posts/{p['id']}", json={"content": content}, headers=tim)
+    assert response.status_code == 422 and "content" in response.json()["errors"]
+    assert client.get(f"/posts/{p['id']}").json() == p
 
 
 def test_follows_are_idempotent_and_show_in_profiles_and_lists(client: TestClient) -> None:

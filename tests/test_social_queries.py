@@ -12,7 +12,8 @@ from starlette.testclient import TestClient
 
 from service import social
 from service.config import Settings
-from service.db import Database, create_schema, open_database
+from service.db import Database, open_database
+from service.migrations.schema import prepare_schema
 from service.postgres_backend import PostgresConnection
 from service.seed import SeedSize, seed
 from service.sqlite_backend import SQLiteConnection
@@ -128,7 +129,7 @@ SEEDED = SeedSize(users=1000, posts=10_000, likes=50_000, reposts=10_000, commen
 
 
 async def _seeded_plans(settings: Settings) -> dict[str, str]:
-    create_schema(settings.database_url)
+    prepare_schema(settings.database_url)
     db: Database = open_database(settings)
     await db.connect()
     try:
@@ -169,7 +170,7 @@ def test_the_seed_command_loads_the_shape_it_is_asked_for(settings: Settings, da
     from tests.conftest import table_counts
 
     async def run() -> dict[str, int]:
-        create_schema(settings.database_url)
+        prepare_schema(settings.database_url)
         db = open_database(settings)
         await db.connect()
         try:

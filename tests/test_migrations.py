@@ -1,0 +1,611 @@
+"""Schema evolution: a database made by the code before migrations follows the code to head with
+every row intact, start-up refuses what it cannot reason about, and tables.py never moves alone.
+
+The "before" database is built from tests/schema_v1/ (the DDL that code ran, frozen) and rows
+written here by hand: never from today's metadata.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import httpx2 as httpx
+import psycopg
+import pytest
+from sqlalchemy import Engine, create_engine, inspect, text
+from starlette.testclient import TestClient
+
+from service.apikeys import hash_key
+from service.app import create_app
+from service.config import MigrationPolicy, Settings
+from service.migrations.schema import (
+    SchemaRefused,
+    differences,
+    head_revision,
+    migrate,
+    prepare_schema,
+    schema_connection,
+    schema_lock,
+    scripts,
+    sync_url,
+)
+from service.tables import metadata
+from service.timestamps import to_text
+from service.tokens import issue_access_token
+from tests.conftest import (
+    PASSWORD,
+    PASSWORDS_SENT,
+    ROOT,
+    TEST_SECRET_KEY,
+    bearer,
+    free_port,
+    running_service,
+    service_env,
+    table_counts,
+    wait_until_answering,
+)
+
+V1_SCHEMA = Path(__file__).resolve().parent / "schema_v1"
+HEAD = head_revision()
+
+
+@contextmanager
+def engine_for(url: str) -> Iterator[Engine]:
+    engine = create_engine(sync_url(url))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def revision_of(url: str) -> str | None:
+    with engine_for(url) as engine, engine.connect() as conn:
+        if "alembic_version" not in inspect(conn).get_table_names():
+            return None
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def columns_of(url: str, table: str) -> list[str]:
+    with engine_for(url) as engine:
+        return [column["name"] for column in inspect(engine).get_columns(table)]
+
+
+@dataclass(frozen=True)
+class BeforeMigrations:
+    """What the old code's database holds, and the credentials it had handed out."""
+
+    api_key: str
+    revoked_api_key: str
+    token: dict[str, str]  # a live session's access token, as the old code issued it
+    tim_id: int
+    tim_post_id: int
+    counts: dict[str, int]
+
+
+def build_database_before_migrations(url: str) -> BeforeMigrations:
+    """The frozen schema of the code before migrations, and rows in every table."""
+    dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+    now = datetime.now(UTC).replace(microsecond=123456)
+
+    def at(minutes: int) -> Any:
+        moment = now + timedelta(minutes=minutes)
+        return to_text(moment) if dialect == "sqlite" else moment
+
+    PASSWORDS_SENT.add(PASSWORD)
+    password_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+    rows: list[tuple[str, dict[str, Any]]] = [
+        (
+            "INSERT INTO api_keys (name, key_hash, key_prefix, created_at, revoked_at)"
+            " VALUES ('billing', :live, 'pfs_live00', :t, NULL), ('old', :dead, 'pfs_dead00', :t, :t)",
+            {"live": hash_key("pfs_live-key"), "dead": hash_key("pfs_dead-key"), "t": at(-60)},
+        ),
+        (
+            "INSERT INTO customers (email, name, revision, created_at, updated_at)"
+            " VALUES ('tim@example.com', 'Tim', 2, :t, :t), ('sue@example.com', 'Sue', 1, :t, :t)",
+            {"t": at(-50)},
+        ),
+        (
+            "INSERT INTO purchases (customer_id, item, quantity, unit_price_cents, total_cents,"
+            " purchased_at, captured_by, created_at) VALUES"
+            " (1, 'book', 2, 1250, 2500, :a, 'billing', :a), (1, 'pen', 1, 199, 199, :b, 'billing', :b),"
+            " (2, 'book', 1, 1250, 1250, :c, 'billing', :c)",
+            {"a": at(-40), "b": at(-30), "c": at(-20)},
+        ),
+        (
+            "INSERT INTO idempotency_keys (caller, key, request_hash, status_code, response_body,"
+            " location, created_at) VALUES ('api-key:billing', 'retry-1', :h, 201, '{}', '/purchases/1', :t)",
+            {"h": "0" * 64, "t": at(-40)},
+        ),
+        (
+            "INSERT INTO users (username, email, password_hash, created_at)"
+            " VALUES ('tim', 'tim@example.com', :h, :t), ('sue', 'sue@example.com', :h, :t)",
+            {"h": password_hash, "t": at(-60)},
+        ),
+        (
+            "INSERT INTO sessions (user_id, created_at, expires_at, revoked_at) VALUES (1, :t, :later, NULL)",
+            {"t": at(-5), "later": at(55)},
+        ),
+        (
+            "INSERT INTO posts (author_id, content, created_at)"
+            " VALUES (1, 'tim says hi', :a), (1, 'tim again', :b), (2, 'sue here', :c)",
+            {"a": at(-30), "b": at(-20), "c": at(-10)},
+        ),
+        (
+            "INSERT INTO comments (post_id, author_id, body, created_at) VALUES (1, 2, 'hi tim', :t)",
+            {"t": at(-9)},
+        ),
+        ("INSERT INTO likes (user_id, post_id, created_at) VALUES (2, 1, :t)", {"t": at(-8)}),
+        ("INSERT INTO reposts (user_id, post_id, created_at) VALUES (2, 1, :t)", {"t": at(-8)}),
+        ("INSERT INTO follows (follower_id, followee_id, created_at) VALUES (2, 1, :t)", {"t": at(-7)}),
+    ]
+    with engine_for(url) as engine, engine.begin() as conn:
+        for statement in (V1_SCHEMA / f"{dialect}.sql").read_text().split(";"):
+            if statement.strip():
+                conn.exec_driver_sql(statement)
+        for sql, values in rows:
+            conn.execute(text(sql), values)
+    token = issue_access_token(TEST_SECRET_KEY, 1, 1, now - timedelta(minutes=5), timedelta(hours=1))
+    return BeforeMigrations(
+        api_key="pfs_live-key",
+        revoked_api_key="pfs_dead-key",
+        token=bearer({"access_token": token}),
+        tim_id=1,
+        tim_post_id=1,
+        counts=table_counts(url),
+    )
+
+
+def assert_everything_readable(api: Any, old: BeforeMigrations) -> None:
+    """Every kind of row the old code wrote, read back through today's API."""
+    key = {"X-API-Key": old.api_key}
+    purchases = api.get("/purchases", headers=key)
+    assert purchases.status_code == 200, purchases.text
+    assert [(p["item"], p["quantity"]) for p in purchases.json()["items"]] == [
+        ("book", 1),
+        ("pen", 1),
+        ("book", 2),
+    ]
+    summary = api.get(f"/customers/{old.tim_id}/summary", headers=key).json()
+    assert (summary["purchase_count"], summary["total_spent"]) == (2, "26.99")
+    assert api.get("/purchases", headers={"X-API-Key": old.revoked_api_key}).status_code == 401
+
+    posts = api.get("/posts").json()["items"]
+    assert [
+        (p["id"], p["author"], p["like_count"], p["repost_count"], p["comment_count"]) for p in posts
+    ] == [
+        (3, "sue", 0, 0, 0),
+        (2, "tim", 0, 0, 0),
+        (old.tim_post_id, "tim", 1, 1, 1),
+    ]
+    assert api.get("/users/tim").json()["follower_count"] == 1
+    me = api.get("/users/me", headers=old.token)  # a session the old code opened is still live
+    assert me.status_code == 200 and me.json()["username"] == "tim"
+    login = api.post("/auth/login", json={"username": "tim", "password": PASSWORD})
+    assert login.status_code == 200  # the old bcrypt hashes still verify
+
+
+def start_service(url: str, port: int, **env: str) -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "service", "--port", str(port)]
+    return subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=service_env(url, LOG_LEVEL="info", **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def run_cli(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        env=service_env(url, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# Adopting and upgrading the database the code before migrations made
+
+
+def test_a_database_from_before_migrations_upgrades_on_start_with_every_row_intact(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    old = build_database_before_migrations(url)
+    assert revision_of(url) is None and "edited_at" not in columns_of(url, "posts")
+
+    port = free_port()
+    with (
+        running_service(
+            [sys.executable, "-m", "service", "--port", str(port)], service_env(url), port
+        ) as base,
+        httpx.Client(base_url=base, timeout=10) as api,
+    ):
+        assert api.get("/ready").status_code == 200
+        assert revision_of(url) == HEAD
+        assert table_counts(url) == old.counts  # adopted and migrated: nothing recreated or emptied
+        assert_everything_readable(api, old)
+        assert {p["edited_at"] for p in api.get("/posts").json()["items"]} == {None}
+
+        # A post written before the upgrade is edited after it, with the token issued before it.
+        edit = api.patch(f"/posts/{old.tim_post_id}", json={"content": "tim, edited"}, headers=old.token)
+        assert edit.status_code == 200, edit.text
+        assert edit.json()["edited_at"] is not None and edit.json()["like_count"] == 1
+        assert api.get(f"/posts/{old.tim_post_id}").json() == edit.json()
+
+
+def test_downgrade_to_revision_one_and_up_again_keeps_every_row(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    old = build_database_before_migrations(url)
+    assert run_cli(url, "db", "upgrade").returncode == 0
+    with TestClient(create_app(settings_for(url))) as api:
+        api.patch(f"/posts/{old.tim_post_id}", json={"content": "edited"}, headers=old.token)
+
+    down = run_cli(url, "db", "downgrade", "0001")
+    assert down.returncode == 0, down.stderr
+    assert revision_of(url) == "0001" and "edited_at" not in columns_of(url, "posts")
+    # SQLite rebuilds posts to drop the column: the likes, reposts and comments on it must survive.
+    assert table_counts(url) == old.counts
+
+    up = run_cli(url, "db", "upgrade")
+    assert up.returncode == 0, up.stderr
+    assert revision_of(url) == HEAD and table_counts(url) == old.counts
+    check = run_cli(url, "db", "check")
+    assert check.returncode == 0, check.stderr
+    with TestClient(create_app(settings_for(url))) as api:
+        assert_everything_readable(api, old)
+        assert api.get(f"/posts/{old.tim_post_id}").json()["content"] == "edited"
+
+
+def settings_for(url: str, **changes: Any) -> Settings:
+    from service.config import load_settings
+
+    return replace(
+        load_settings(environ={}, env_file=None),
+        database_url=url,
+        bcrypt_rounds=4,
+        secret_key=TEST_SECRET_KEY,
+        **changes,
+    )
+
+
+def test_two_services_start_together_on_an_old_database_one_migrates_and_both_serve(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    old = build_database_before_migrations(url)
+    ports = [free_port(), free_port()]
+    with ExitStack() as stack:
+        processes = [start_service(url, port) for port in ports]
+        for process in processes:
+            stack.callback(stop, process)
+        for port, process in zip(ports, processes, strict=True):
+            wait_until_answering(process, f"http://127.0.0.1:{port}", "/ready", timeout=60)
+        for port in ports:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+                assert_everything_readable(api, old)
+        outputs = [stop(process) for process in processes]
+    said = ["migrated" if "schema migrated 0001 (adopted) -> " in out else "found" for out in outputs]
+    assert sorted(said) == ["found", "migrated"], outputs
+    assert all(f"schema at {HEAD}" in out for out, what in zip(outputs, said, strict=True) if what == "found")
+    assert revision_of(url) == HEAD and table_counts(url) == {
+        **old.counts,
+        "sessions": old.counts["sessions"] + 2,
+    }
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    if process.poll() is None:
+        process.terminate()
+    try:
+        output, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    return output or ""
+
+
+def _prepare_after(barrier: Any, url: str) -> None:
+    barrier.wait()
+    prepare_schema(url)
+
+
+def test_workers_starting_at_once_on_a_new_database_create_it_once_at_head(
+    fresh_database_url: str, backend: str, tmp_path: Path
+) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    # SQLite files are cheap: race on several new ones (the journal-mode switch only races on a new file).
+    urls = [f"sqlite:///{tmp_path / f'race{n}.db'}" for n in range(3)] if backend == "sqlite" else []
+    for url in [fresh_database_url, *urls]:
+        barrier = spawn.Barrier(6)
+        workers = [spawn.Process(target=_prepare_after, args=(barrier, url)) for _ in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert [worker.exitcode for worker in workers] == [0] * 6
+        with engine_for(url) as engine:
+            assert set(inspect(engine).get_table_names()) == {*metadata.tables, "alembic_version"}
+        assert revision_of(url) == HEAD
+
+
+def test_preparing_twice_changes_nothing(fresh_database_url: str) -> None:
+    assert prepare_schema(fresh_database_url).startswith(f"schema created at {HEAD}")
+    assert prepare_schema(fresh_database_url).startswith(f"schema at {HEAD}")
+
+
+# Refusals: one line of why (plus the differences), exit status 2, no traceback
+
+
+def assert_refused(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr + result.stdout
+    for phrase in phrases:
+        assert phrase in result.stderr, (phrase, result.stderr)
+
+
+def test_behind_head_with_migrate_on_start_off_refuses_and_names_the_command(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    old = build_database_before_migrations(url)
+    result = run_cli(url, MIGRATE_ON_START="false")
+    assert_refused(result, f"head is {HEAD}", "MIGRATE_ON_START is off", "python -m service db upgrade")
+    assert revision_of(url) is None and table_counts(url) == old.counts  # not even adopted
+
+    check = run_cli(url, "db", "check")
+    assert check.returncode == 1 and "made before migrations" in check.stderr
+    assert run_cli(url, "db", "upgrade").returncode == 0  # what the refusal said to run
+    assert revision_of(url) == HEAD
+
+
+def test_a_revision_the_code_does_not_know_is_refused(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    prepare_schema(url)
+    with engine_for(url) as engine, engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    assert_refused(run_cli(url), "revision 0099, which this code does not know", f"head is {HEAD}")
+    check = run_cli(url, "db", "check")
+    assert check.returncode == 1 and "unknown to this code" in check.stderr
+    assert revision_of(url) == "0099"
+
+
+DRIFTS = {
+    "an extra column": (
+        "ALTER TABLE posts ADD COLUMN mood VARCHAR(20)",
+        "posts.mood: column in the database but not in the code",
+    ),
+    "a dropped index": (
+        "DROP INDEX ix_purchases_item",
+        "purchases.ix_purchases_item: index on (item, purchased_at, id) missing from the database",
+    ),
+    "a dropped column": (
+        "ALTER TABLE customers DROP COLUMN revision",
+        "customers.revision: column missing from the database",
+    ),
+}
+
+
+@pytest.mark.parametrize("drift", list(DRIFTS))
+def test_a_hand_made_drift_refuses_start_and_fails_the_check_naming_it(
+    fresh_database_url: str, drift: str
+) -> None:
+    url = fresh_database_url
+    prepare_schema(url)
+    statement, named = DRIFTS[drift]
+    with engine_for(url) as engine, engine.begin() as conn:
+        conn.exec_driver_sql(statement)
+    assert_refused(run_cli(url), "tables differ from the code", named)
+    check = run_cli(url, "db", "check")
+    assert check.returncode == 1 and named in check.stderr and "Traceback" not in check.stderr
+    with pytest.raises(SchemaRefused, match=named.split(":")[0]):
+        prepare_schema(url)  # and the in-process start-up (create_app's lifespan) refuses too
+
+
+def test_nullability_and_type_drift_are_named(fresh_database_url: str, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite cannot alter a column's type or nullability in place; nobody drifts it by hand")
+    url = fresh_database_url
+    prepare_schema(url)
+    with engine_for(url) as engine, engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE users ALTER COLUMN email DROP NOT NULL")
+        conn.exec_driver_sql("ALTER TABLE users ALTER COLUMN username TYPE varchar(40)")
+    with schema_connection(url) as conn:
+        found = differences(conn)
+    assert sorted(found) == [
+        "users.email: nullable in the database, NOT NULL in the code",
+        "users.username: type is VARCHAR(40) in the database, VARCHAR(32) in the code",
+    ]
+
+
+def test_a_partial_set_of_tables_without_a_revision_is_refused(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    with engine_for(url) as engine, engine.begin() as conn:
+        metadata.tables["users"].create(conn)
+    with pytest.raises(SchemaRefused, match="some of this service's tables but no alembic_version"):
+        prepare_schema(url)
+
+
+def test_tables_that_are_not_the_services_are_left_alone(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    with engine_for(url) as engine, engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE spatial_ref_sys (srid INTEGER PRIMARY KEY)")  # an extension's
+    prepare_schema(url)
+    prepare_schema(url)
+    assert revision_of(url) == HEAD
+
+
+# tables.py and the migrations never disagree
+
+
+def test_the_migrations_build_exactly_what_tables_py_says(fresh_database_url: str) -> None:
+    """Fails when someone changes tables.py without adding a migration (or the other way round)."""
+    with schema_connection(fresh_database_url) as conn:
+        with schema_lock(conn, wait_seconds=30):
+            migrate(conn, MigrationPolicy(), "head")  # every revision from an empty database, no create_all
+        conn.rollback()
+        assert differences(conn) == []
+    assert revision_of(fresh_database_url) == HEAD
+
+
+def test_the_revisions_form_one_line_from_revision_one() -> None:
+    history = list(reversed(list(scripts().walk_revisions())))
+    assert [script.down_revision for script in history] == [None, *[s.revision for s in history[:-1]]]
+    assert history[0].revision == "0001" and history[-1].revision == HEAD
+    assert scripts().get_heads() == [HEAD]
+
+
+def test_db_revision_writes_the_next_migration_from_tables_py(tmp_path: Path) -> None:
+    """`db revision` on a copy of the migrations, with a column added to tables.py in that process."""
+    program = f"""
+import shutil, sys
+from pathlib import Path
+from sqlalchemy import Column, String
+import service.migrations.schema as schema
+from service.tables import posts
+copy = Path({str(tmp_path)!r}) / sys.argv[1]
+shutil.copytree(schema.MIGRATIONS_DIRECTORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
+schema.MIGRATIONS_DIRECTORY = copy
+if sys.argv[1] == "changed":
+    posts.append_column(Column("mood", String(20)))
+from service.__main__ import main
+sys.exit(main(["db", "revision", "-m", "posts.mood"]))
+"""
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'unused.db'}"}
+    unchanged = subprocess.run(
+        [sys.executable, "-c", program, "same"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert unchanged.returncode == 1 and "nothing to write" in unchanged.stderr
+
+    changed = subprocess.run(
+        [sys.executable, "-c", program, "changed"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert changed.returncode == 0, changed.stderr
+    next_number = f"{int(HEAD) + 1:04d}"
+    written = list((tmp_path / "changed" / "versions").glob(f"{next_number}_*.py"))
+    assert len(written) == 1
+    source = written[0].read_text()
+    assert f'revision: str = "{next_number}"' in source or f"revision: str = '{next_number}'" in source
+    assert "add_column" in source and "'mood'" in source.replace('"', "'")
+    assert not (tmp_path / "unused.db").exists()  # compared with a scratch database, not the configured one
+
+
+# PostgreSQL: a migration that cannot get its lock backs off instead of stalling traffic
+
+
+def test_a_migration_waiting_for_a_lock_lets_traffic_through_then_finishes(
+    fresh_database_url: str, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite has no table locks to queue behind: its migration holds the one write lock")
+    url = fresh_database_url
+    build_database_before_migrations(url)
+    policy = MigrationPolicy(lock_timeout_ms=200, lock_retries=100)
+    holder = psycopg.connect(url)
+    holder.execute("SELECT * FROM posts WHERE id = 1 FOR UPDATE")  # a long transaction on posts
+    outcome: list[Any] = []
+    migration = threading.Thread(target=lambda: outcome.append(_try(prepare_schema, url, policy)))
+    migration.start()
+    try:
+        time.sleep(0.5)
+        assert migration.is_alive() and revision_of(url) == "0001"  # adopted, waiting to alter posts
+        # Meanwhile reads and writes of posts go on: the ALTER never sits in the lock queue for long.
+        with psycopg.connect(url, autocommit=True) as reader:
+            reader.execute("SET statement_timeout = '1500ms'")
+            for n in range(10):
+                reader.execute("SELECT count(*) FROM posts").fetchone()
+                reader.execute("UPDATE posts SET content = %s WHERE id = 2", (f"write {n}",))
+                time.sleep(0.1)
+    finally:
+        holder.rollback()
+        holder.close()
+    migration.join(timeout=30)
+    assert outcome and outcome[0].startswith("schema migrated"), outcome
+    assert revision_of(url) == HEAD
+    assert any("gave up waiting 200 ms for a table lock" in record.message for record in caplog.records)
+
+
+def _try(function: Any, *args: Any) -> Any:
+    try:
+        return function(*args)
+    except Exception as exc:  # handed to the test thread to report
+        return exc
+
+
+INDEX_CONCURRENTLY = '''"""An index built without blocking writes."""
+
+from service.migrations import outside_transaction
+from alembic import op
+
+revision = "{next}"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with outside_transaction():
+        op.create_index("ix_posts_edited", "posts", ["edited_at"], postgresql_concurrently=True)
+
+
+def downgrade():
+    with outside_transaction():
+        op.drop_index("ix_posts_edited", "posts", postgresql_concurrently=True)
+'''
+
+
+def test_an_index_built_concurrently_migrates_on_both_databases(
+    fresh_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's recipe for an index that does not block writes, run as a real revision."""
+    import shutil
+
+    import service.migrations.schema as schema
+
+    url = fresh_database_url
+    build_database_before_migrations(url)
+    prepare_schema(url)
+    copy = tmp_path / "migrations"
+    shutil.copytree(schema.MIGRATIONS_DIRECTORY, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    next_revision = f"{int(HEAD) + 1:04d}"
+    (copy / "versions" / f"{next_revision}_ix_posts_edited.py").write_text(
+        INDEX_CONCURRENTLY.format(next=next_revision, head=HEAD)
+    )
+    monkeypatch.setattr(schema, "MIGRATIONS_DIRECTORY", copy)
+
+    with schema_connection(url) as conn, schema_lock(conn, wait_seconds=30):
+        migrate(conn, MigrationPolicy(), "head")
+    assert revision_of(url) == next_revision
+    with engine_for(url) as engine:
+        indexes = {index["name"] for index in inspect(engine).get_indexes("posts")}
+        assert "ix_posts_edited" in indexes
+        if url.startswith("postgresql"):
+            with engine.connect() as conn:
+                valid = conn.execute(
+                    text("SELECT indisvalid FROM pg_index WHERE indexrelid = 'ix_posts_edited'::regclass")
+                ).scalar()
+                assert valid is True
+    assert table_counts(url)["posts"] == 3
+
+    with schema_connection(url) as conn, schema_lock(conn, wait_seconds=30):
+        migrate(conn, MigrationPolicy(), HEAD, downgrade=True)
+    assert revision_of(url) == HEAD
