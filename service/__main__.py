@@ -11,8 +11,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from service.config import Settings, SettingsError, load_settings
-from service.migrations.commands import add_db_commands, run_db_command
-from service.migrations.schema import SchemaRefused
 from service.scenarios import SCENARIOS
 from service.seed_size import SeedSize
 
@@ -49,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="every key with its state (never the key)")
     revoke = actions.add_parser("revoke", help="revoke the live key with this name")
     revoke.add_argument("name")
+
+    from service.migrations.commands import add_db_commands
 
     add_db_commands(commands)
 
@@ -106,12 +106,14 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
 
     import uvicorn
 
+    from service.app import SCHEMA_CHECKED
     from service.logs import configure_logging
     from service.migrations.schema import prepare_schema
 
     configure_logging(settings.log_level, settings.log_format)
     # Once, before any worker starts; a refusal (SchemaRefused) ends start-up in main().
     logging.getLogger("service").info(prepare_schema(settings.database_url, settings.migration_policy))
+    os.environ[SCHEMA_CHECKED] = "1"
     workers = workers or settings.workers
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Each worker writes its metrics here; a scrape of any worker sums them all.
@@ -215,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # Imported here, not at the top: uvicorn's worker processes import this module again.
+    from service.migrations.schema import SchemaRefused
+
     try:
         return _run(settings, args)
     except SchemaRefused as exc:
@@ -229,6 +234,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "seed":
         return seed(settings, args)
     if args.command == "db":
+        from service.migrations.commands import run_db_command
+
         return run_db_command(settings.database_url, settings.migration_policy, args)
     if args.command == "bench":
         from pathlib import Path

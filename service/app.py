@@ -26,7 +26,6 @@ from service.errors import EXCEPTION_HANDLERS
 from service.housekeeping import purge_forever, refresh_pool_gauges
 from service.logs import configure_logging
 from service.middleware import RequestContextMiddleware
-from service.migrations.schema import prepare_schema
 from service.tokens import signing_key
 from service.validation import USERNAME_REGEX
 
@@ -126,14 +125,22 @@ def all_routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+# Set by `python -m service` once it has checked the schema, for the workers it starts: they need
+# not check again (nor import Alembic). A worker started any other way checks for itself.
+SCHEMA_CHECKED = "SERVICE_SCHEMA_CHECKED"
+
+
+def create_app(settings: Settings | None = None, *, check_schema: bool = True) -> Starlette:
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        # `python -m service` has done this already, before any worker started; here it finds the
-        # database at head and only checks it (an app made by create_app elsewhere gets the full step).
-        log.info(await asyncio.to_thread(prepare_schema, settings.database_url, settings.migration_policy))
+        if check_schema:
+            from service.migrations.schema import prepare_schema
+
+            log.info(
+                await asyncio.to_thread(prepare_schema, settings.database_url, settings.migration_policy)
+            )
         auth = AuthSettings(
             signing_key=await asyncio.to_thread(signing_key, settings),
             token_ttl=timedelta(seconds=settings.access_token_ttl),
@@ -166,4 +173,4 @@ def serve_app() -> Starlette:
     """What uvicorn loads in each worker (`service.app:serve_app`, factory): logging, then the app."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings)
+    return create_app(settings, check_schema=os.environ.get(SCHEMA_CHECKED) != "1")

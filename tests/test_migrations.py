@@ -303,6 +303,8 @@ def test_two_services_start_together_on_an_old_database_one_migrates_and_both_se
     said = ["migrated" if "schema migrated 0001 (adopted) -> " in out else "found" for out in outputs]
     assert sorted(said) == ["found", "migrated"], outputs
     assert all(f"schema at {HEAD}" in out for out, what in zip(outputs, said, strict=True) if what == "found")
+    # Checked once per service, before uvicorn started: its worker trusts that and does not check again.
+    assert [out.count(" schema ") for out in outputs] == [1, 1], outputs
     assert revision_of(url) == HEAD and table_counts(url) == {
         **old.counts,
         "sessions": old.counts["sessions"] + 2,
