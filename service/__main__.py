@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from service.config import Settings, SettingsError, load_settings
+from service.config import SCHEMA_CHECKED, Settings, SettingsError, load_settings
 from service.scenarios import SCENARIOS
 from service.seed_size import SeedSize
 
@@ -106,7 +106,6 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
 
     import uvicorn
 
-    from service.app import SCHEMA_CHECKED
     from service.logs import configure_logging
     from service.migrations.schema import prepare_schema
 

@@ -20,7 +20,7 @@ from starlette.types import Scope
 
 from service import accounts, customers, operations, pages, purchases, reports, social
 from service.auth import AuthSettings
-from service.config import Settings, load_settings
+from service.config import SCHEMA_CHECKED, Settings, load_settings
 from service.db import open_database
 from service.errors import EXCEPTION_HANDLERS
 from service.housekeeping import purge_forever, refresh_pool_gauges
@@ -123,11 +123,6 @@ def all_routes() -> list[BaseRoute]:
         route("/feed", social.feed),
         *pages.static_mounts(),
     ]
-
-
-# Set by `python -m service` once it has checked the schema, for the workers it starts: they need
-# not check again (nor import Alembic). A worker started any other way checks for itself.
-SCHEMA_CHECKED = "SERVICE_SCHEMA_CHECKED"
 
 
 def create_app(settings: Settings | None = None, *, check_schema: bool = True) -> Starlette:

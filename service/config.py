@@ -14,6 +14,10 @@ T = TypeVar("T")
 
 DEFAULT_DATABASE_URL = "sqlite:///./data/service.db"
 
+# Not a setting: set by `python -m service` once it has checked the schema, for the workers it
+# starts, which need not check again (nor import Alembic). A worker started any other way checks.
+SCHEMA_CHECKED = "SERVICE_SCHEMA_CHECKED"
+
 
 class SettingsError(ValueError):
     """A setting has a value the service cannot start with; the message is one line for the operator."""
