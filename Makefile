@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 .PHONY: run test lint format bench clean
 
 run: $(VENV)/.installed-run  ## serve on SQLite at ./data/ (no configuration needed)
-	$(BIN)/python -m service
+	SHUTDOWN_GRACE_SECONDS=$${SHUTDOWN_GRACE_SECONDS:-0} $(BIN)/python -m service
 
 test: $(VENV)/.installed-test  ## the whole test suite (PostgreSQL too when TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -14,6 +14,8 @@ from service.config import SCHEMA_CHECKED, Settings, SettingsError, load_setting
 from service.scenarios import SCENARIOS
 from service.seed_size import SeedSize
 
+GRACEFUL_SHUTDOWN_BACKSTOP_SECONDS = 60
+
 
 def _add_size_options(parser: argparse.ArgumentParser) -> None:
     """--users N --posts N ...: how much social data to seed (defaults: the limit app's shape)."""
@@ -128,6 +130,8 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
         log_config=None,
         access_log=False,
         server_header=False,
+        # A backstop only: every request is bounded by the database limits well within it.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_BACKSTOP_SECONDS,
     )
     return 0
 

@@ -23,26 +23,47 @@ from service.pagination import Page, PageQuery, page_of
 from service.responses import JSONResponse, no_content
 from service.timestamps import from_database, utc_now
 from service.tokens import issue_access_token
-from service.validation import USERNAME, USERNAME_REGEX, NormalizedEmail, load, load_query, path_id, read_json
+from service.validation import (
+    SURROGATE,
+    USERNAME,
+    USERNAME_REGEX,
+    NormalizedEmail,
+    load,
+    load_query,
+    path_id,
+    read_json,
+)
 
 BCRYPT_MAX_BYTES = 72
 T = TypeVar("T")
 
 
 class Password(fields.String):
-    """8 to 72 bytes of UTF-8: bcrypt reads no further than 72 bytes, so longer is refused, not cut."""
+    """At least 8 characters and at most 72 bytes of UTF-8: bcrypt reads no further than 72 bytes,
+    so longer is refused, not cut."""
 
     def __init__(self, **kwargs: Any) -> None:
-        description = "8 to 72 bytes of UTF-8 (bcrypt's limit): 72 ASCII characters, fewer with accents."
-        # No NUL: C bcrypt implementations stop at it, so "a\0b" would hash as "a".
-        metadata = {"minLength": 8, "maxLength": 72, "pattern": "^[^\\u0000]*$", "description": description}
+        description = (
+            "At least 8 characters, at most 72 bytes of UTF-8 (bcrypt's limit):"
+            " 72 ASCII characters, fewer with accents."
+        )
+        # No NUL: C bcrypt implementations stop at it, so "a\0b" would hash as "a". No lone surrogate
+        # either (refused, not in the pattern: see validation.TEXT_PATTERN): it has no UTF-8 to hash.
+        metadata = {
+            "minLength": 8,
+            "maxLength": 72,
+            "pattern": "^[^\\u0000]*$",
+            "description": description,
+        }
         super().__init__(metadata=metadata, **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         password = super()._deserialize(value, attr, data, **kwargs)
-        size = len(password.encode("utf-8", errors="surrogatepass"))
-        if size < 8:
+        if len(password) < 8:
             raise ValidationError("Must be at least 8 characters.")
+        if SURROGATE.search(password):
+            raise ValidationError("Not valid Unicode text.")
+        size = len(password.encode("utf-8"))
         if size > BCRYPT_MAX_BYTES:
             raise ValidationError(
                 f"Must be at most {BCRYPT_MAX_BYTES} bytes in UTF-8 (bcrypt's limit);"
@@ -53,12 +74,15 @@ class Password(fields.String):
         return password
 
 
+def _username_rule(value: str) -> None:
+    # fullmatch, not Regexp's match with ^...$: Python's $ also matches before a final newline.
+    if not USERNAME.fullmatch(value):
+        raise ValidationError("Must be 3 to 32 characters of lower-case letters, digits and _.")
+
+
 class RegisterIn(Schema):
     username = fields.String(
-        required=True,
-        validate=validate.Regexp(
-            f"^{USERNAME_REGEX}$", error="Must be 3 to 32 characters of lower-case letters, digits and _."
-        ),
+        required=True, validate=_username_rule, metadata={"pattern": f"^{USERNAME_REGEX}$"}
     )
     email = NormalizedEmail(required=True)
     password = Password(required=True)

@@ -22,6 +22,7 @@ from service import accounts, customers, operations, pages, purchases, reports, 
 from service.auth import AuthSettings
 from service.config import SCHEMA_CHECKED, Settings, load_settings
 from service.db import open_database
+from service.draining import Drain
 from service.errors import EXCEPTION_HANDLERS
 from service.housekeeping import purge_forever, refresh_pool_gauges
 from service.logs import configure_logging
@@ -148,9 +149,12 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         chores = [asyncio.create_task(purge_forever(db, auth))]
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             chores.append(asyncio.create_task(refresh_pool_gauges(db)))
+        drain = Drain()
+        if drain.drain_on_sigterm(settings.shutdown_grace_seconds):
+            log.info("SIGTERM drains for %s s (SHUTDOWN_GRACE_SECONDS)", settings.shutdown_grace_seconds)
         log.info("serving on %s", db.dialect)
         try:
-            yield {"db": db, "settings": settings, "auth": auth}
+            yield {"db": db, "settings": settings, "auth": auth, "drain": drain}
         finally:
             for chore in chores:
                 chore.cancel()

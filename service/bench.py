@@ -277,6 +277,7 @@ def bench_database(
             "LOG_LEVEL": "warning",
             "SECRET_KEY": secrets.token_urlsafe(48),
             "WORKERS": str(options.workers),
+            "SHUTDOWN_GRACE_SECONDS": "0",  # nobody routes traffic to it: stop at once
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         service_args = [sys.executable, "-m", "service", "--port", str(service_port)]

@@ -37,6 +37,16 @@ class MigrationPolicy:
 
 
 @dataclass(frozen=True)
+class DatabaseLimits:
+    """How long a request may wait on the database, and how many may wait at once (per worker)."""
+
+    pool_timeout_ms: int = 2000
+    pool_max_waiters: int = 100
+    lock_timeout_ms: int = 2000
+    statement_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     host: str
@@ -47,7 +57,11 @@ class Settings:
     max_body_bytes: int
     db_pool_min: int
     db_pool_max: int
-    sqlite_busy_timeout_ms: int
+    db_pool_timeout_ms: int
+    db_pool_max_waiters: int
+    db_lock_timeout_ms: int
+    db_statement_timeout_ms: int
+    shutdown_grace_seconds: int
     secret_key: str
     bcrypt_rounds: int
     access_token_ttl: int
@@ -59,6 +73,15 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def database_limits(self) -> DatabaseLimits:
+        return DatabaseLimits(
+            pool_timeout_ms=self.db_pool_timeout_ms,
+            pool_max_waiters=self.db_pool_max_waiters,
+            lock_timeout_ms=self.db_lock_timeout_ms,
+            statement_timeout_ms=self.db_statement_timeout_ms,
+        )
 
     @property
     def migration_policy(self) -> MigrationPolicy:
@@ -84,7 +107,33 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         "10 (2 on SQLite)",
         "most connections open at once; on SQLite more threads only contend for the GIL",
     ),
-    ("SQLITE_BUSY_TIMEOUT_MS", "5000", "how long SQLite waits for another process's write lock"),
+    (
+        "DB_POOL_TIMEOUT_MS",
+        "2000",
+        "how long a request waits for a pooled connection before it gets 503",
+    ),
+    (
+        "DB_POOL_MAX_WAITERS",
+        "100",
+        "requests a worker lets wait for the database at once; past it new ones get 503 at once",
+    ),
+    (
+        "DB_LOCK_TIMEOUT_MS",
+        "2000",
+        "how long a write waits for a lock: PostgreSQL `lock_timeout`; SQLite, a writer's whole wait"
+        " for the write lock (`SQLITE_BUSY_TIMEOUT_MS`, its old name, is still read)",
+    ),
+    (
+        "DB_STATEMENT_TIMEOUT_MS",
+        "5000",
+        "longest a statement may run: PostgreSQL `statement_timeout`; SQLite, an interrupt",
+    ),
+    (
+        "SHUTDOWN_GRACE_SECONDS",
+        "5",
+        "after SIGTERM, how long `/ready` is 503 while requests are still served, before the worker"
+        " stops accepting, finishes what is in flight and exits (`make run`: 0)",
+    ),
     (
         "SECRET_KEY",
         "(generated)",
@@ -199,8 +248,23 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         db_pool_max=_read(
             config, "DB_POOL_MAX", _integer("DB_POOL_MAX", 1, 1000), "2" if is_sqlite else "10"
         ),
-        sqlite_busy_timeout_ms=_read(
-            config, "SQLITE_BUSY_TIMEOUT_MS", _integer("SQLITE_BUSY_TIMEOUT_MS", 0, 600_000), "5000"
+        db_pool_timeout_ms=_read(
+            config, "DB_POOL_TIMEOUT_MS", _integer("DB_POOL_TIMEOUT_MS", 1, 600_000), "2000"
+        ),
+        db_pool_max_waiters=_read(
+            config, "DB_POOL_MAX_WAITERS", _integer("DB_POOL_MAX_WAITERS", 0, 1_000_000), "100"
+        ),
+        db_lock_timeout_ms=_read(
+            config,
+            "DB_LOCK_TIMEOUT_MS",
+            _integer("DB_LOCK_TIMEOUT_MS", 1, 600_000),
+            str(config("SQLITE_BUSY_TIMEOUT_MS", default="2000")),
+        ),
+        db_statement_timeout_ms=_read(
+            config, "DB_STATEMENT_TIMEOUT_MS", _integer("DB_STATEMENT_TIMEOUT_MS", 1, 3_600_000), "5000"
+        ),
+        shutdown_grace_seconds=_read(
+            config, "SHUTDOWN_GRACE_SECONDS", _integer("SHUTDOWN_GRACE_SECONDS", 0, 600), "5"
         ),
         secret_key=_read(config, "SECRET_KEY", _secret_key, ""),
         bcrypt_rounds=_read(config, "BCRYPT_ROUNDS", _integer("BCRYPT_ROUNDS", 4, 16), "12"),

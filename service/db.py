@@ -15,7 +15,8 @@ import asyncpg
 import databases
 import databases.core
 
-from service.config import Settings
+from service.config import DatabaseLimits, Settings
+from service.limits import WriterTurns
 from service.queries import Queries, Statement, load_queries
 from service.sqlite_backend import SQLiteBackend, SQLiteConnection, TaskLock
 
@@ -33,9 +34,15 @@ class Database(databases.Database):
     }
 
     def __init__(self, url: str, queries: Queries | None = None, **options: Any) -> None:
+        limits = options.setdefault("limits", DatabaseLimits())
         super().__init__(url, **options)
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         self.sql = queries or load_queries(self.dialect)
+        self.writer_turns = WriterTurns(limits.lock_timeout_ms / 1000)
+
+    def writer_turn(self, key: Any) -> Any:
+        """`async with db.writer_turn(key)`: one request per key at a time in this worker (WriterTurns)."""
+        return self.writer_turns.turn(key)
 
     def pool_stats(self) -> tuple[int, int]:
         """(connections open, connections in use) right now."""
@@ -142,9 +149,15 @@ class _WriteLockFirst(databases.core.Transaction):
 
     async def start(self) -> _WriteLockFirst:
         await self._write_lock.acquire()
+        connection = self._connection
+        holders = connection._connection_counter
         try:
             await super().start()
         except BaseException:
+            # BEGIN failed (the lock budget ran out): `databases` has taken the connection for this
+            # transaction and would never give it back to the pool; give it back here.
+            if connection._connection_counter > holders:
+                await connection.__aexit__()
             self._write_lock.release()
             raise
         return self
@@ -163,10 +176,12 @@ class _WriteLockFirst(databases.core.Transaction):
 
 
 def open_database(settings: Settings) -> Database:
-    options: dict[str, Any] = {"min_size": settings.db_pool_min, "max_size": settings.db_pool_max}
-    if settings.is_sqlite:
-        options["busy_timeout_ms"] = settings.sqlite_busy_timeout_ms
-    return Database(settings.database_url, **options)
+    return Database(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        limits=settings.database_limits,
+    )
 
 
 _UNAVAILABLE_POSTGRES = (
@@ -181,11 +196,14 @@ _UNAVAILABLE_POSTGRES = (
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
-    """True when the failure is the database being out of reach or too busy, not a bug: a 503."""
+    """True when the failure is the database being out of reach, not a bug: a 503.
+
+    (A limit reached - a lock held too long, a full pool - is told apart by `limits.limit_reached`.)
+    """
     if isinstance(exc, (OSError, TimeoutError, *_UNAVAILABLE_POSTGRES)):
         return True
     if isinstance(exc, sqlite3.OperationalError):
-        return "locked" in str(exc) or "unable to open" in str(exc)
+        return "unable to open" in str(exc)
     return False
 
 

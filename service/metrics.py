@@ -31,6 +31,12 @@ LATENCY = Histogram(
     ["route", "method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+LIMITS_REACHED = Counter(
+    "db_limit_reached_total",
+    "Requests answered 503 because a database limit was reached, by reason"
+    " (pool_timeout, overloaded, lock_timeout, statement_timeout).",
+    ["reason"],
+)
 POOL_OPEN = Gauge("db_pool_connections_open", "Database connections open.", multiprocess_mode="livesum")
 POOL_IN_USE = Gauge(
     "db_pool_connections_in_use",
@@ -52,6 +58,10 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
         _children[key] = children
     children[0].inc()
     children[1].observe(seconds)
+
+
+def observe_limit_reached(reason: str) -> None:
+    LIMITS_REACHED.labels(reason).inc()
 
 
 def observe_pool(open_connections: int, in_use: int) -> None:

@@ -1,7 +1,8 @@
 """The one middleware on every request, written as plain ASGI (no per-request task or body copy).
 
 It gives the request its id, refuses oversized bodies before they are read, turns any exception
-that escaped the routes into a problem+json 500 (or 503 when the database is out of reach), and
+that escaped the routes into a problem+json 500 (or 503 when the database is out of reach or a
+database limit was reached), asks clients to close their connections while the worker drains, and
 writes the access log line and the request metrics.
 """
 
@@ -17,7 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db import is_database_unavailable
 from service.errors import Problem, problem_response
-from service.metrics import observe_request
+from service.limits import DETAILS, limit_reached
+from service.metrics import observe_limit_reached, observe_request
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first", for logs and metrics
 
@@ -55,7 +57,9 @@ class RequestContextMiddleware:
         request_id = (
             caller_id.decode() if caller_id and _SANE_REQUEST_ID.match(caller_id) else os.urandom(16).hex()
         )
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        drain = state.get("drain")
         id_header = (b"x-request-id", request_id.encode())
         status = 500
         response_started = False
@@ -66,6 +70,9 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_started = True
                 message["headers"] = [*message.get("headers", ()), id_header]
+                if drain is not None and drain.active:
+                    # Draining: the client's next request should open a connection elsewhere.
+                    message["headers"].append((b"connection", b"close"))
             await send(message)
 
         limit = self.max_body_bytes
@@ -96,6 +103,16 @@ class RequestContextMiddleware:
             if not response_started:
                 await problem_response(scope, exc.status, exc.detail)(scope, receive, send_with_id)
         except Exception as exc:
+            reason = limit_reached(exc)
+            if reason is not None:
+                # Expected under load or contention, not a bug: a warning, a count, a 503.
+                observe_limit_reached(reason)
+                error_log.warning("database limit reached: %s", reason, extra={"request_id": request_id})
+                if not response_started:
+                    await problem_response(scope, 503, DETAILS[reason], headers={"Retry-After": "1"})(
+                        scope, receive, send_with_id
+                    )
+                return
             unavailable = is_database_unavailable(exc)
             if unavailable:
                 error_log.warning(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import fields
@@ -11,6 +12,10 @@ from marshmallow import fields
 CURRENCY = "USD"
 # Prices are below 10^9 units; quantities at most 10^6: every total fits a 64-bit integer of cents.
 MAX_PRICE = Decimal(10) ** 9
+# A price sent as a string: the OpenAPI document's pattern, and the shape the server reads (which
+# then tells a negative, too large or too precise one apart, for a clearer message).
+PRICE_PATTERN = r"^[ \t\n\r]*0*[0-9]{1,9}(\.[0-9]{1,2}0*)?[ \t\n\r]*$"
+_DECIMAL_TEXT = re.compile(r"[ \t\n\r]*(-?)([0-9]+)(?:\.([0-9]+))?[ \t\n\r]*")
 
 
 def format_cents(cents: int) -> str:
@@ -39,10 +44,9 @@ class Price(fields.Field[int]):
             float_cents = value * 100
             if abs(float_cents - round(float_cents)) < 1e-6:
                 return round(float_cents)
-        try:
-            amount = Decimal(value.strip() if isinstance(value, str) else str(value))
-        except InvalidOperation:
-            raise self.make_error("invalid") from None
+        if isinstance(value, str):
+            return self._cents_of_text(value)
+        amount = Decimal(str(value))
         if not amount.is_finite():
             raise self.make_error("invalid")
         if amount < 0:
@@ -53,6 +57,20 @@ class Price(fields.Field[int]):
         if cents != cents.to_integral_value():
             raise self.make_error("precision")
         return int(cents)
+
+    def _cents_of_text(self, text: str) -> int:
+        """Exactly what PRICE_PATTERN allows, read as cents; each way of missing it has its message."""
+        shape = _DECIMAL_TEXT.fullmatch(text)
+        if shape is None:
+            raise self.make_error("invalid")
+        sign, whole, fraction = shape.group(1), shape.group(2).lstrip("0"), (shape.group(3) or "").rstrip("0")
+        if sign:
+            raise self.make_error("negative")
+        if len(whole) > 9:
+            raise self.make_error("too_large")
+        if len(fraction) > 2:
+            raise self.make_error("precision")
+        return int(whole or "0") * 100 + int(fraction.ljust(2, "0"))
 
     def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
         return None if value is None else format_cents(value)

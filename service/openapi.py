@@ -16,7 +16,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 from starlette.routing import BaseRoute
 
-from service.money import Price
+from service.money import PRICE_PATTERN, Price
 from service.pagination import Cursor
 from service.validation import USERNAME_REGEX
 
@@ -46,6 +46,16 @@ IDEMPOTENCY_KEY = {
         "minLength": 1,
         "maxLength": 255,
         "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]*[\\x21-\\x7e])?$",
+    },
+}
+
+
+UNAVAILABLE = {
+    "description": "Service Unavailable: the database is out of reach, or a limit was reached (a lock held"
+    " too long, no pooled connection free in time, too many requests waiting, a statement too slow;"
+    " `detail` names the setting), or this instance is shutting down. Nothing was written.",
+    "headers": {
+        "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}
     },
 }
 
@@ -98,7 +108,7 @@ def _price_and_cursor(converter: Any, field: fields.Field[Any], **kwargs: Any) -
         return {
             "type": ["string", "number"],
             "description": 'At least 0, below 10^9, at most two decimal places: 12.5 or "12.50".',
-            "pattern": r"^\s*\d{1,9}(\.\d{1,2})?\s*$",
+            "pattern": PRICE_PATTERN,
             "minimum": 0,
             "exclusiveMaximum": 1_000_000_000,
             "multipleOf": 0.01,
@@ -169,6 +179,7 @@ def _responses(
             "description": HTTPStatus(status).phrase,
             "content": {PROBLEM_JSON: {"schema": "ProblemOut"}},
         }
+    answers["503"].update(UNAVAILABLE)
     return answers
 
 

@@ -30,7 +30,10 @@ async def health(request: Request) -> Response:
 
 @documented(responses={200: StatusOut})
 async def ready(request: Request) -> Response:
-    """200 when the database answers, 503 while it does not (and 200 again once it is back)."""
+    """200 when the database answers, 503 while it does not (and 200 again once it is back), and
+    503 from the moment this worker is told to stop (SIGTERM), so a load balancer sends no more."""
+    if request.state.drain.active:
+        raise Problem(503, "This instance is shutting down.", headers={"Retry-After": "1"})
     try:
         await database(request).ping()
     except Exception as exc:

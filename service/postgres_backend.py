@@ -2,17 +2,28 @@
 
 asyncpg prepares and caches each distinct SQL text per connection, so a named statement costs one
 round trip and no SQLAlchemy compile. Anything else (a plain string) takes the stock path.
+
+Limits (`DatabaseLimits`): `statement_timeout` and `lock_timeout` are set on every connection as it
+opens (no round trip per request); a wait for a pooled connection is bounded and, past
+DB_POOL_MAX_WAITERS waiters, refused at once; a request that already spent part of its lock
+budget waiting its turn (`service.limits.lock_deadline`) gives its statements only the rest.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from databases.backends.postgres import PostgresBackend as StockPostgresBackend
 from databases.backends.postgres import PostgresConnection as StockPostgresConnection
 from sqlalchemy.sql import ClauseElement
 
+from service.config import DatabaseLimits
+from service.limits import LOCK_TIMEOUT, POOL_TIMEOUT, LimitReached, WaitCounter, lock_deadline, seconds_left
 from service.queries import bound
+
+T = TypeVar("T")
 
 
 async def _keep_session(connection: Any) -> None:
@@ -32,9 +43,19 @@ def _affected_rows(status: str) -> int:
 
 class PostgresBackend(StockPostgresBackend):
     def __init__(self, database_url: Any, **options: Any) -> None:
-        options.pop("busy_timeout_ms", None)
-        options.setdefault("server_settings", {"application_name": "purchase-feed-service"})
+        self.limits: DatabaseLimits = options.pop("limits", None) or DatabaseLimits()
+        self.waits = WaitCounter(self.limits.pool_max_waiters)
+        options.setdefault(
+            "server_settings",
+            {
+                "application_name": "purchase-feed-service",
+                "statement_timeout": str(self.limits.statement_timeout_ms),
+                "lock_timeout": str(self.limits.lock_timeout_ms),
+            },
+        )
         options.setdefault("reset", _keep_session)
+        # Opening a connection (when the pool grows) counts against the same wait.
+        options.setdefault("timeout", self.limits.pool_timeout_ms / 1000)
         super().__init__(database_url, **options)
 
     @property
@@ -46,23 +67,52 @@ class PostgresBackend(StockPostgresBackend):
 
 
 class PostgresConnection(StockPostgresConnection):
+    _database: PostgresBackend
+
+    async def acquire(self) -> None:
+        assert self._connection is None, "Connection is already acquired"
+        pool: Any = self._database._pool
+        assert pool is not None, "DatabaseBackend is not running"
+        if pool._queue.qsize():  # a connection is free: no wait, so no timer (asyncpg's own queue)
+            self._connection = await pool.acquire()
+            return
+        waits = self._database.waits
+        waits.join()
+        try:
+            async with asyncio.timeout(self._database.limits.pool_timeout_ms / 1000):
+                self._connection = await pool.acquire()
+        except TimeoutError:
+            raise LimitReached(POOL_TIMEOUT) from None
+        finally:
+            waits.leave()
+
+    async def _run_named(self, method: Callable[..., Awaitable[T]], named: Any) -> T:
+        """`method(sql, *arguments)`, given only the rest of the lock budget after a wait for a turn."""
+        deadline = lock_deadline.get()
+        if deadline is None:
+            return await method(named.statement.sql, *named.arguments)
+        try:
+            return await method(named.statement.sql, *named.arguments, timeout=seconds_left(deadline))
+        except TimeoutError:  # asyncpg has cancelled the statement on the server: it rolled back
+            raise LimitReached(LOCK_TIMEOUT) from None
+
     async def fetch_all(self, query: ClauseElement) -> list[Any]:
         named = bound(query)
         if named is not None:
-            return list(await self.raw_connection.fetch(named.statement.sql, *named.arguments))
+            return list(await self._run_named(self.raw_connection.fetch, named))
         return list(await super().fetch_all(query))
 
     async def fetch_one(self, query: ClauseElement) -> Any | None:
         named = bound(query)
         if named is not None:
-            return await self.raw_connection.fetchrow(named.statement.sql, *named.arguments)
+            return await self._run_named(self.raw_connection.fetchrow, named)
         return await super().fetch_one(query)
 
     async def execute(self, query: ClauseElement) -> Any:
         """Run a statement; for a named one, return how many rows it changed."""
         named = bound(query)
         if named is not None:
-            status = await self.raw_connection.execute(named.statement.sql, *named.arguments)
+            status = await self._run_named(self.raw_connection.execute, named)
             return _affected_rows(status)
         return await super().execute(query)
 

@@ -265,7 +265,10 @@ async def create_purchase(request: Request, caller: Caller | PresentedApiKey) ->
         row = await record_purchase(db, purchase, writer)
         return StoredResponse(201, orjson.dumps(purchase_json(row)), f"/purchases/{row['id']}")
 
-    return await _respond_once(request, caller, body, work)
+    # One purchase per customer at a time in this worker: they would queue on the customer's row
+    # lock anyway, and this way they do not hold pooled connections while they queue.
+    async with db.writer_turn(purchase["customer"]["email"]):
+        return await _respond_once(request, caller, body, work)
 
 
 @requires_caller

@@ -11,6 +11,11 @@ writers on the event loop; the busy timeout covers writers in other processes. W
 lock before they borrow a connection (`Database.transaction`, `Database.fetch_all_atomically`):
 one order, so no deadlock, and a writer waiting its turn holds none of the connections readers need
 (with it held first, half posts and half purchases went from 14% below its parts' pace to 6% above).
+
+Limits (`DatabaseLimits`): a writer's whole wait for the write lock - its place in this process's
+queue, then the busy timeout for other processes, set to what is left before BEGIN IMMEDIATE - is
+DB_LOCK_TIMEOUT_MS, however many writers queue ahead of it; a wait for a connection is
+DB_POOL_TIMEOUT_MS; a statement that runs past DB_STATEMENT_TIMEOUT_MS is interrupted.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import datetime
+from time import monotonic
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -29,6 +35,8 @@ from databases.interfaces import ConnectionBackend, DatabaseBackend, Transaction
 from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.sql import ClauseElement
 
+from service.config import DatabaseLimits
+from service.limits import LOCK_TIMEOUT, POOL_TIMEOUT, LimitReached, WaitCounter, lock_deadline, seconds_left
 from service.queries import bound
 from service.timestamps import to_text
 
@@ -52,27 +60,48 @@ class TaskLock:
     """An asyncio lock that the task holding it may take again (each take needs its release).
 
     SQLite's write lock in this process: writers take it before they borrow a connection; a
-    transaction opened inside another one takes it again on the same task.
+    transaction opened inside another one takes it again on the same task. A task waits for it at
+    most its lock budget; `deadline` is when the holder's budget ends (its busy timeout is the rest).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, budget_seconds: float = 5.0, waits: WaitCounter | None = None) -> None:
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[Any] | None = None
         self._depth = 0
+        self.budget = budget_seconds
+        self.waits = waits or WaitCounter(max_waiters=1 << 30)
+        self.deadline = 0.0
 
     async def acquire(self) -> None:
         task = asyncio.current_task()
         if self._owner is not None and self._owner is task:
             self._depth += 1
             return
-        await self._lock.acquire()
-        self._owner, self._depth = task, 1
+        deadline = lock_deadline.get() or monotonic() + self.budget
+        if self._lock.locked():
+            self.waits.join()
+            try:
+                async with asyncio.timeout(seconds_left(deadline)):
+                    await self._lock.acquire()
+            except TimeoutError:
+                raise LimitReached(LOCK_TIMEOUT) from None
+            finally:
+                self.waits.leave()
+        else:
+            await self._lock.acquire()
+        self._owner, self._depth, self.deadline = task, 1, deadline
 
     def release(self) -> None:
         self._depth -= 1
         if self._depth == 0:
             self._owner = None
             self._lock.release()
+
+    def busy_timeout_ms(self) -> int:
+        """The holder's busy timeout: what is left of its budget (LimitReached when nothing is)."""
+        if self._owner is not asyncio.current_task():
+            return int(self.budget * 1000)  # a writer outside this lock (none in the service)
+        return max(1, int(seconds_left(self.deadline) * 1000))
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -81,15 +110,49 @@ class TaskLock:
         self.release()
 
 
+# How often (in SQLite virtual machine steps) a running statement checks its time limit: about
+# every 10 ms. Every 10,000 steps cost GET /posts 25 us of CPU (the check takes the GIL).
+_STEPS_BETWEEN_CHECKS = 1_000_000
+
+
+class _StatementClock:
+    """When the statements of one hop to a connection's thread must have finished, and the
+    connection's busy timeout as last set."""
+
+    __slots__ = ("busy_ms", "deadline", "limit")
+
+    def __init__(self, limit_seconds: float, busy_ms: int) -> None:
+        self.limit = limit_seconds
+        self.deadline = float("inf")
+        self.busy_ms = busy_ms
+
+    def start(self) -> None:
+        self.deadline = monotonic() + self.limit
+
+    def stop(self) -> None:
+        self.deadline = float("inf")
+
+    def expired(self) -> bool:
+        # SQLite's progress handler: true interrupts the statement ("interrupted"), which rolls it back.
+        return monotonic() > self.deadline
+
+
+def _give_up(waiter: asyncio.Future[Any], reason: str) -> None:
+    if not waiter.done():
+        waiter.set_exception(LimitReached(reason))
+
+
 class SQLitePool:
     """Long-lived aiosqlite connections, opened up to `max_size`, handed out last-in first-out."""
 
-    def __init__(self, path: str, min_size: int, max_size: int, busy_timeout_ms: int) -> None:
+    def __init__(self, path: str, min_size: int, max_size: int, limits: DatabaseLimits) -> None:
         self.path = path
         self.min_size = min_size
         self.max_size = max_size
-        self.busy_timeout_ms = busy_timeout_ms
-        self.write_lock = TaskLock()
+        self.limits = limits
+        self.waits = WaitCounter(limits.pool_max_waiters)
+        self.write_lock = TaskLock(limits.lock_timeout_ms / 1000, self.waits)
+        self.clocks: dict[aiosqlite.Connection, _StatementClock] = {}
         self._idle: deque[aiosqlite.Connection] = deque()
         self._opened = 0
         self._waiters: deque[asyncio.Future[aiosqlite.Connection]] = deque()
@@ -111,13 +174,17 @@ class SQLitePool:
         try:
             connection = await aiosqlite.connect(self.path, isolation_level=None)
             connection.row_factory = sqlite3.Row
-            await connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            await connection.execute(f"PRAGMA busy_timeout = {int(self.limits.lock_timeout_ms)}")
             await connection.execute("PRAGMA foreign_keys = ON")
             # WAL makes NORMAL safe from corruption; a power cut may lose the last commits, not the file.
             await connection.execute("PRAGMA synchronous = NORMAL")
+            clock = _StatementClock(self.limits.statement_timeout_ms / 1000, self.limits.lock_timeout_ms)
+            raw = connection._conn
+            await connection._execute(lambda: raw.set_progress_handler(clock.expired, _STEPS_BETWEEN_CHECKS))  # type: ignore[no-untyped-call]
         except BaseException:
             self._opened -= 1
             raise
+        self.clocks[connection] = clock
         return connection
 
     async def acquire(self) -> aiosqlite.Connection:
@@ -125,14 +192,22 @@ class SQLitePool:
             return self._idle.pop()
         if self._opened < self.max_size:
             return await self._connect()
-        waiter: asyncio.Future[aiosqlite.Connection] = asyncio.get_running_loop().create_future()
+        self.waits.join()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[aiosqlite.Connection] = loop.create_future()
         self._waiters.append(waiter)
+        # A plain timer that fails the waiter: cheaper than asyncio.timeout, and most requests
+        # wait here under load (two connections, many callers).
+        expiry = loop.call_later(self.limits.pool_timeout_ms / 1000, _give_up, waiter, POOL_TIMEOUT)
         try:
             return await waiter
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self.release(waiter.result())  # handed a connection as the caller went away
             raise
+        finally:
+            expiry.cancel()
+            self.waits.leave()
 
     def release(self, connection: aiosqlite.Connection) -> None:
         while self._waiters:
@@ -144,7 +219,9 @@ class SQLitePool:
 
     async def close(self) -> None:
         while self._idle:
-            await self._idle.pop().close()
+            connection = self._idle.pop()
+            self.clocks.pop(connection, None)
+            await connection.close()
             self._opened -= 1
 
 
@@ -155,7 +232,7 @@ class SQLiteBackend(DatabaseBackend):
             sqlite_path(str(database_url)),
             min_size=int(options.get("min_size", 1)),
             max_size=int(options.get("max_size", 4)),
-            busy_timeout_ms=int(options.get("busy_timeout_ms", 5000)),
+            limits=options.get("limits") or DatabaseLimits(),
         )
 
     async def connect(self) -> None:
@@ -207,11 +284,31 @@ class SQLiteConnection(ConnectionBackend):
     async def _in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
         # aiosqlite's own queue: the callable runs on the connection's thread, one hop for the lot.
         connection = self.raw_connection
-        return await connection._execute(lambda: work(connection._conn))  # type: ignore[no-untyped-call,no-any-return]
+        clock = self._pool.clocks[connection]
+
+        def timed() -> T:
+            clock.start()
+            try:
+                return work(connection._conn)
+            finally:
+                clock.stop()
+
+        return await connection._execute(timed)  # type: ignore[no-untyped-call,no-any-return]
+
+    def _begin_writing(self) -> tuple[str, ...]:
+        """BEGIN IMMEDIATE, after setting the busy timeout to what is left of this writer's lock
+        budget - unless the connection's is within a twentieth of the budget of that already (as
+        it is for a writer that did not wait): a statement saved on nearly every write."""
+        left = self._pool.write_lock.busy_timeout_ms()
+        clock = self._pool.clocks[self.raw_connection]
+        if abs(clock.busy_ms - left) <= self._pool.limits.lock_timeout_ms / 20:
+            return ("BEGIN IMMEDIATE",)
+        clock.busy_ms = left
+        return (f"PRAGMA busy_timeout = {left}", "BEGIN IMMEDIATE")
 
     async def fetch_all(self, query: ClauseElement) -> list[Any]:
         sql, arguments = self._prepare(query)
-        return list(await self.raw_connection.execute_fetchall(sql, arguments))
+        return await self._in_thread(lambda conn: conn.execute(sql, arguments).fetchall())
 
     async def fetch_one(self, query: ClauseElement) -> Any | None:
         rows = await self.fetch_all(query)
@@ -240,10 +337,13 @@ class SQLiteConnection(ConnectionBackend):
         """
         prepared = [self._prepare(query) for query in queries]
 
+        begin = () if in_transaction else self._begin_writing()
+
         def run(conn: sqlite3.Connection) -> list[list[Any]]:
             if in_transaction:
                 return [conn.execute(sql, arguments).fetchall() for sql, arguments in prepared]
-            conn.execute("BEGIN IMMEDIATE")
+            for sql in begin:
+                conn.execute(sql)
             try:
                 results = [conn.execute(sql, arguments).fetchall() for sql, arguments in prepared]
                 conn.execute("COMMIT")
@@ -269,8 +369,8 @@ class SQLiteTransaction(TransactionBackend):
         self._is_root = False
         self._savepoint = ""
 
-    async def _run(self, sql: str) -> None:
-        await self._connection.raw_connection.execute_fetchall(sql, ())
+    async def _run(self, *statements: str) -> None:
+        await self._connection._in_thread(lambda conn: [conn.execute(sql) for sql in statements])
 
     async def start(self, is_root: bool, extra_options: dict[Any, Any]) -> None:
         self._is_root = is_root
@@ -278,8 +378,9 @@ class SQLiteTransaction(TransactionBackend):
             self._savepoint = f"sp_{uuid.uuid4().hex}"
             await self._run(f"SAVEPOINT {self._savepoint}")
             return
-        # `Database.transaction` holds the process's write lock around the whole transaction.
-        await self._run("BEGIN IMMEDIATE")
+        # `Database.transaction` holds the process's write lock around the whole transaction; the
+        # busy timeout (other processes' writers) is what is left of this writer's lock budget.
+        await self._run(*self._connection._begin_writing())
 
     async def commit(self) -> None:
         if not self._is_root:

@@ -21,9 +21,18 @@ JSON_TYPES = ("application/json",)
 MAX_ID = 2**63 - 1  # ids are 64-bit: a larger one names nothing
 USERNAME_REGEX = "[a-z0-9_]{3,32}"  # registration, the {username} path convertor, login, the OpenAPI document
 USERNAME = re.compile(USERNAME_REGEX)
+# Text, as the OpenAPI document states it and the server checks it (one rule, two spellings): no
+# control characters but tab, newline and carriage return, at least one character that is not one
+# of the four spaces trimmed at the ends. No \s in the pattern: it means different characters to
+# different regex engines (and to str.strip()). Lone surrogates (not Unicode text, which a JSON
+# string may still carry) are refused too; a pattern cannot say so: many engines reject the range.
+TRIMMED = " \t\n\r"
+TRIMMED_DOC = "spaces, tabs and line breaks at either end are removed"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+SURROGATE = re.compile(r"[\ud800-\udfff]")
 _ALLOWED = r"[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]"
-TEXT_PATTERN = f"^{_ALLOWED}*[^\\s\\u0000-\\u001f\\u007f]{_ALLOWED}*$"
+_VISIBLE = r"[^ \t\n\r\u0000-\u001f\u007f]"
+TEXT_PATTERN = f"^{_ALLOWED}*{_VISIBLE}{_ALLOWED}*$"
 
 
 def _refuse_constant(name: str) -> None:
@@ -82,39 +91,50 @@ async def read_valid_json(request: Request, schema: Schema) -> Any:
 
 
 class Text(fields.String):
-    """A trimmed string of `min`..`max` characters with no control characters.
+    """A string of at most `max` characters with no control characters, trimmed of the spaces,
+    tabs and line breaks at its ends.
 
-    PostgreSQL refuses NUL in text and both databases refuse lone surrogates; catching them here
-    makes them a 422 naming the field rather than a database error.
+    The checks read the string as sent, as the OpenAPI document's maxLength and pattern do: a
+    string the document refuses is refused here, and one it allows is stored trimmed. PostgreSQL
+    refuses NUL in text and both databases refuse lone surrogates; catching them here makes them a
+    422 naming the field rather than a database error.
     """
 
-    def __init__(self, *, min: int = 1, max: int, **kwargs: Any) -> None:
-        # The same rule as a JSON Schema pattern, for the OpenAPI document: at least one visible
-        # character, and no control characters but tab, newline and carriage return.
-        kwargs.setdefault("metadata", {"pattern": TEXT_PATTERN})
-        super().__init__(validate=validate.Length(min=min, max=max), **kwargs)
+    def __init__(self, *, max: int, **kwargs: Any) -> None:
+        self.max = max
+        kwargs.setdefault("metadata", {"pattern": TEXT_PATTERN, "description": f"Trimmed: {TRIMMED_DOC}."})
+        # The validator states the limits for the document; _deserialize checks them before trimming.
+        super().__init__(validate=validate.Length(min=1, max=max), **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if len(text) > self.max:
+            raise ValidationError(f"Longer than maximum length {self.max}.")
         if _CONTROL.search(text):
             raise ValidationError("Must not contain control characters.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValidationError("Not valid Unicode text.") from None
-        return text
+        if SURROGATE.search(text):
+            raise ValidationError("Not valid Unicode text.")
+        trimmed = text.strip(TRIMMED)
+        if not trimmed:
+            raise ValidationError("Must contain something besides spaces.")
+        return trimmed
 
 
 class NormalizedEmail(fields.Email):
     """An email address, trimmed and lower-cased before it is checked: the customer's identity."""
 
+    MAX = 254
+
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(validate=validate.Length(max=254), **kwargs)
+        kwargs.setdefault("metadata", {"description": f"Trimmed ({TRIMMED_DOC}) and lower-cased."})
+        super().__init__(validate=validate.Length(max=self.MAX), **kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         if not isinstance(value, str):
             raise self.make_error("invalid")
-        return str(super()._deserialize(value.strip().lower(), attr, data, **kwargs))
+        if len(value) > self.MAX:  # as sent, as the document's maxLength reads it
+            raise ValidationError(f"Longer than maximum length {self.MAX}.")
+        return str(super()._deserialize(value.strip(TRIMMED).lower(), attr, data, **kwargs))
 
 
 class WholeNumber(fields.Integer):

@@ -194,6 +194,7 @@ def service_env(database_url: str, **extra: str) -> dict[str, str]:
             "LOG_LEVEL": "warning",
             "BCRYPT_ROUNDS": "4",
             "SECRET_KEY": TEST_SECRET_KEY,
+            "SHUTDOWN_GRACE_SECONDS": "0",  # tests stop services often; the draining test sets its own
             **extra,
         }
     )

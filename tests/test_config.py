@@ -40,6 +40,20 @@ def test_the_pool_defaults_to_two_connections_on_sqlite_and_ten_on_postgres() ->
     assert load_settings(environ={"DB_POOL_MAX": "4"}, env_file=None).db_pool_max == 4
 
 
+def test_the_limits_have_defaults_and_the_busy_timeout_keeps_its_old_name() -> None:
+    settings = load_settings(environ={}, env_file=None)
+    limits = settings.database_limits
+    assert (limits.pool_timeout_ms, limits.pool_max_waiters) == (2000, 100)
+    assert (limits.lock_timeout_ms, limits.statement_timeout_ms) == (2000, 5000)
+    assert settings.shutdown_grace_seconds == 5
+    old = load_settings(environ={"SQLITE_BUSY_TIMEOUT_MS": "700"}, env_file=None)
+    assert old.db_lock_timeout_ms == 700
+    both = load_settings(
+        environ={"SQLITE_BUSY_TIMEOUT_MS": "700", "DB_LOCK_TIMEOUT_MS": "900"}, env_file=None
+    )
+    assert both.db_lock_timeout_ms == 900
+
+
 def test_postgres_scheme_alias_is_accepted() -> None:
     settings = load_settings(environ={"DATABASE_URL": "postgres://u@h/db"}, env_file=None)
     assert settings.database_url == "postgresql://u@h/db"
@@ -56,6 +70,9 @@ def test_postgres_scheme_alias_is_accepted() -> None:
         ("DB_POOL_MIN", "20", "DB_POOL_MIN (20) must not be larger than DB_POOL_MAX (2)"),
         ("MIGRATE_ON_START", "maybe", "MIGRATE_ON_START must be true or false, got 'maybe'"),
         ("MIGRATION_LOCK_TIMEOUT_MS", "5", "MIGRATION_LOCK_TIMEOUT_MS must be between 10 and 600000, got 5"),
+        ("DB_LOCK_TIMEOUT_MS", "0", "DB_LOCK_TIMEOUT_MS must be between 1 and 600000, got 0"),
+        ("DB_POOL_TIMEOUT_MS", "soon", "DB_POOL_TIMEOUT_MS must be a whole number, got 'soon'"),
+        ("SHUTDOWN_GRACE_SECONDS", "-1", "SHUTDOWN_GRACE_SECONDS must be between 0 and 600, got -1"),
     ],
 )
 def test_a_bad_setting_is_named_plainly(name: str, value: str, message: str) -> None:

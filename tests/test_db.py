@@ -106,7 +106,7 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_setti
         finally:
             await db.disconnect()
 
-    assert asyncio.run(pragmas()) == ("wal", 1, settings.sqlite_busy_timeout_ms)
+    assert asyncio.run(pragmas()) == ("wal", 1, settings.db_lock_timeout_ms)
 
 
 def test_concurrent_transactions_all_commit(settings: Settings) -> None:
