@@ -212,7 +212,9 @@ def test_a_full_pool_answers_503_within_its_wait_limit_sheds_past_its_queue_and_
 ) -> None:
     key = make_api_key(settings)
     locked = "pool@example.com"
-    wait_ms = 300
+    # Long enough that all eight of the crowd arrive while the first three still wait, even on a
+    # busy machine; the shed ones must come back far sooner than that.
+    wait_ms = 1000
 
     async def scenario(base: str) -> dict[str, Any]:
         limits = httpx.Limits(max_connections=40)
@@ -250,18 +252,18 @@ def test_a_full_pool_answers_503_within_its_wait_limit_sheds_past_its_queue_and_
 
     response, seconds = result["one"]
     assert_limit_problem(response, "DB_POOL_TIMEOUT_MS")
-    assert wait_ms / 1000 * 0.9 < seconds < wait_ms / 1000 + MARGIN_SECONDS
+    assert wait_ms / 1000 * 0.9 < seconds < wait_ms / 1000 + MARGIN_SECONDS * 2
     # Health and metrics never queue behind the database.
     for response, seconds in (result["health"], result["metrics_during"]):
         assert response.status_code == 200
-        assert seconds < 0.2
+        assert seconds < wait_ms / 1000 / 2
     # Three may wait (and get the pool's 503 when their wait is up); the rest are refused at once.
     waited = [(r, s) for r, s in result["crowd"] if "DB_POOL_TIMEOUT_MS" in r.text]
     shed = [(r, s) for r, s in result["crowd"] if "DB_POOL_MAX_WAITERS" in r.text]
     assert (len(waited), len(shed)) == (3, 5)
     for response, seconds in shed:
         assert_limit_problem(response, "DB_POOL_MAX_WAITERS")
-        assert seconds < 0.15
+        assert seconds < wait_ms / 1000 / 2
     # The lock went away: the write that held the connection went through, and the pool is whole.
     assert result["held"].status_code == 201
     assert result["after"].status_code == 200
