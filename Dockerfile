@@ -1,33 +1,51 @@
 # syntax=docker/dockerfile:1
-# Build stage: wheels for the dependencies (from pyproject.toml alone, so code changes do not
-# rebuild them), then the service's own wheel.
-FROM python:3.11-slim AS build
+# The service's image: a virtual environment with the service and what it needs to serve, on a
+# slim Python base, run as an unprivileged user. Two stages, so nothing that only builds it (pip,
+# setuptools, the build's caches and sources) reaches the image, and no layer holds files a later
+# one deletes.
+#
+# BASE_IMAGE: any image with python3 (3.11 or newer) and its venv module - the official slim image
+# by default; this repository's tests build on a stand-in made from Debian's own packages (see
+# README, Container).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
 WORKDIR /src
+RUN python3 -m venv /opt/service
+# Dependencies first, from pyproject.toml alone: a code change does not reinstall them.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > requirements.txt \
- && pip wheel --no-cache-dir --wheel-dir /wheels/deps -r requirements.txt
+ && /opt/service/bin/pip install -r requirements.txt
 COPY README.md ./
 COPY service ./service
 COPY sql ./sql
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels/app .
+# The service itself; then out with what serving never uses: pip and setuptools.
+RUN /opt/service/bin/pip install --no-deps . \
+ && /opt/service/bin/pip uninstall --yes pip setuptools
 
-FROM python:3.11-slim
-ENV PYTHONDONTWRITEBYTECODE=1 \
+FROM ${BASE_IMAGE}
+ENV PATH=/opt/service/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    HOME=/var/lib/service \
     HOST=0.0.0.0 \
     PORT=8000 \
     LOG_FORMAT=json \
     DATABASE_URL=sqlite:////var/lib/service/service.db
-RUN useradd --system --uid 10001 --home-dir /var/lib/service --create-home service
-# Dependencies in a layer of their own: it changes only when pyproject.toml's dependencies do.
-COPY --from=build /wheels/deps /wheels/deps
-RUN pip install --no-cache-dir --no-index /wheels/deps/*.whl && rm -rf /wheels/deps
-COPY --from=build /wheels/app /wheels/app
-RUN pip install --no-cache-dir --no-index --no-deps /wheels/app/*.whl && rm -rf /wheels
-USER service
+# A numbered user, no passwd entry needed; its home is the one place it writes (SQLite's file and
+# the generated signing key): mount a volume there, and run with a read-only root filesystem.
+RUN install -d -o 10001 -g 10001 -m 0700 /var/lib/service
+COPY --from=build /opt/service /opt/service
+USER 10001:10001
 WORKDIR /var/lib/service
+VOLUME /var/lib/service
 EXPOSE 8000
+# /health touches no database: "healthy" means the process serves; /ready is for load balancers.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('PORT', '8000')}/health\", timeout=2)"]
-CMD ["python", "-m", "service"]
+# SIGTERM drains (SHUTDOWN_GRACE_SECONDS, 5 s by default): keep the engine's stop timeout above it.
+ENTRYPOINT ["python", "-m", "service"]
+CMD ["serve"]
