@@ -113,7 +113,7 @@ def serve(settings: Settings, host: str | None, port: int | None, workers: int |
 
     configure_logging(settings.log_level, settings.log_format)
     # Once, before any worker starts; a refusal (SchemaRefused) ends start-up in main().
-    logging.getLogger("service").info(prepare_schema(settings.database_url, settings.migration_policy))
+    logging.getLogger("service").info(prepare_schema(settings.schema_database_url, settings.migration_policy))
     os.environ[SCHEMA_CHECKED] = "1"
     workers = workers or settings.workers
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -141,7 +141,7 @@ def _with_database(settings: Settings, work: Callable[[Any], Awaitable[int]]) ->
     from service.migrations.schema import prepare_schema
 
     async def run() -> int:
-        prepare_schema(settings.database_url, settings.migration_policy)
+        prepare_schema(settings.schema_database_url, settings.migration_policy)
         db = open_database(settings)
         await db.connect()
         try:
@@ -239,7 +239,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "db":
         from service.migrations.commands import run_db_command
 
-        return run_db_command(settings.database_url, settings.migration_policy, args)
+        return run_db_command(settings.schema_database_url, settings.migration_policy, args)
     if args.command == "bench":
         from pathlib import Path
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.middleware import Middleware
@@ -135,7 +136,9 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
             from service.migrations.schema import prepare_schema
 
             log.info(
-                await asyncio.to_thread(prepare_schema, settings.database_url, settings.migration_policy)
+                await asyncio.to_thread(
+                    prepare_schema, settings.schema_database_url, settings.migration_policy
+                )
             )
         auth = AuthSettings(
             signing_key=await asyncio.to_thread(signing_key, settings),
@@ -145,7 +148,20 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
             dummy_hash=await accounts.make_dummy_hash(settings.bcrypt_rounds),
         )
         db = open_database(settings)
-        await db.connect()
+        try:
+            await db.connect()
+        except asyncpg.ProtocolViolationError as exc:
+            if "startup parameter" in str(exc):
+                log.error(
+                    "the database refused the timeouts as startup parameters (%s): a transaction-mode"
+                    " pooler such as PgBouncer? Set DB_STATEMENT_CACHE=0 and MIGRATION_DATABASE_URL"
+                    " (see Scaling out in the README)",
+                    exc,
+                )
+            raise
+        advice = await db.check_server_limits(settings.database_limits)
+        if advice:
+            log.warning(advice)
         chores = [asyncio.create_task(purge_forever(db, auth))]
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             chores.append(asyncio.create_task(refresh_pool_gauges(db)))

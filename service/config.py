@@ -62,6 +62,8 @@ class Settings:
     db_lock_timeout_ms: int
     db_statement_timeout_ms: int
     shutdown_grace_seconds: int
+    db_statement_cache: int
+    migration_database_url: str
     secret_key: str
     bcrypt_rounds: int
     access_token_ttl: int
@@ -73,6 +75,16 @@ class Settings:
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def schema_database_url(self) -> str:
+        """Where the schema step and the `db` commands connect (MIGRATION_DATABASE_URL, if set)."""
+        return self.migration_database_url or self.database_url
+
+    @property
+    def behind_transaction_pooler(self) -> bool:
+        """DB_STATEMENT_CACHE=0 says PostgreSQL is reached through a transaction-mode pooler."""
+        return not self.is_sqlite and self.db_statement_cache == 0
 
     @property
     def database_limits(self) -> DatabaseLimits:
@@ -127,6 +139,18 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         "DB_STATEMENT_TIMEOUT_MS",
         "5000",
         "longest a statement may run: PostgreSQL `statement_timeout`; SQLite, an interrupt",
+    ),
+    (
+        "DB_STATEMENT_CACHE",
+        "100",
+        "PostgreSQL: statements asyncpg keeps prepared per connection; 0 behind a transaction-mode"
+        " pooler such as PgBouncer (see Scaling out)",
+    ),
+    (
+        "MIGRATION_DATABASE_URL",
+        "(DATABASE_URL)",
+        "where the schema step and `db` commands connect: the server itself, not a transaction-mode"
+        " pooler (its session lock must hold)",
     ),
     (
         "SHUTDOWN_GRACE_SECONDS",
@@ -198,6 +222,10 @@ def _database_url(raw: str) -> str:
     raise SettingsError(
         f"DATABASE_URL must start with sqlite:/// (and name a file) or postgresql://, got {raw!r}"
     )
+
+
+def _optional_database_url(raw: str) -> str:
+    return _database_url(raw) if raw.strip() else ""
 
 
 def _boolean(name: str) -> Callable[[str], bool]:
@@ -281,7 +309,13 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         migration_lock_retries=_read(
             config, "MIGRATION_LOCK_RETRIES", _integer("MIGRATION_LOCK_RETRIES", 0, 1000), "10"
         ),
+        db_statement_cache=_read(
+            config, "DB_STATEMENT_CACHE", _integer("DB_STATEMENT_CACHE", 0, 100_000), "100"
+        ),
+        migration_database_url=_read(config, "MIGRATION_DATABASE_URL", _optional_database_url, ""),
     )
+    if settings.schema_database_url.startswith("sqlite") != is_sqlite:
+        raise SettingsError("MIGRATION_DATABASE_URL must name the same kind of database as DATABASE_URL")
     if settings.db_pool_min > settings.db_pool_max:
         low, high = settings.db_pool_min, settings.db_pool_max
         raise SettingsError(f"DB_POOL_MIN ({low}) must not be larger than DB_POOL_MAX ({high})")

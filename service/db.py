@@ -126,6 +126,22 @@ class Database(databases.Database):
             return _WriteLockFirst(self._backend.pool.write_lock, self.connection, force_rollback, **options)
         return super().transaction(force_rollback=force_rollback, **options)
 
+    async def check_server_limits(self, limits: DatabaseLimits) -> str | None:
+        """Behind a transaction-mode pooler: None when the server's statement and lock timeouts
+        are the service's, else what to run so they are (the role's settings in this database)."""
+        if not getattr(self._backend, "behind_pooler", False):
+            return None
+        found = {row["name"]: row["ms"] for row in await self.fetch_all(self.sql.server_limits, {})}
+        wanted = {"statement_timeout": limits.statement_timeout_ms, "lock_timeout": limits.lock_timeout_ms}
+        if found == wanted:
+            return None
+        settings = ", ".join(f"{name} = '{ms}ms'" for name, ms in wanted.items())
+        return (
+            f"behind a transaction-mode pooler the server's timeouts are {found}, not the service's"
+            f" (asyncpg still stops statements at {limits.statement_timeout_ms} ms); to make them the"
+            f" server's: ALTER ROLE <the service's role> IN DATABASE <its database> SET {settings}"
+        )
+
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query within PING_TIMEOUT_SECONDS."""
         async with asyncio.timeout(PING_TIMEOUT_SECONDS):
@@ -175,12 +191,17 @@ class _WriteLockFirst(databases.core.Transaction):
             self._write_lock.release()
 
 
-def open_database(settings: Settings) -> Database:
+def open_database(settings: Settings, queries: Queries | None = None) -> Database:
+    options: dict[str, Any] = {}
+    if not settings.is_sqlite:
+        options["statement_cache_size"] = settings.db_statement_cache
     return Database(
         settings.database_url,
+        queries,
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         limits=settings.database_limits,
+        **options,
     )
 
 

@@ -7,6 +7,12 @@ Limits (`DatabaseLimits`): `statement_timeout` and `lock_timeout` are set on eve
 opens (no round trip per request); a wait for a pooled connection is bounded and, past
 DB_POOL_MAX_WAITERS waiters, refused at once; a request that already spent part of its lock
 budget waiting its turn (`service.limits.lock_deadline`) gives its statements only the rest.
+
+Behind a transaction-mode pooler (DB_STATEMENT_CACHE=0) a connection is not one server session:
+asyncpg keeps no prepared statements, and the two timeouts cannot be startup parameters
+(PgBouncer refuses them). There the server's limits come from the role's settings (checked at
+start-up, see `server_limits`), and asyncpg's own timeout stops any statement at
+DB_STATEMENT_TIMEOUT_MS from this side (a cancel request, which the pooler passes on).
 """
 
 from __future__ import annotations
@@ -20,7 +26,15 @@ from databases.backends.postgres import PostgresConnection as StockPostgresConne
 from sqlalchemy.sql import ClauseElement
 
 from service.config import DatabaseLimits
-from service.limits import LOCK_TIMEOUT, POOL_TIMEOUT, LimitReached, WaitCounter, lock_deadline, seconds_left
+from service.limits import (
+    LOCK_TIMEOUT,
+    POOL_TIMEOUT,
+    STATEMENT_TIMEOUT,
+    LimitReached,
+    WaitCounter,
+    lock_deadline,
+    seconds_left,
+)
 from service.queries import bound
 
 T = TypeVar("T")
@@ -45,14 +59,14 @@ class PostgresBackend(StockPostgresBackend):
     def __init__(self, database_url: Any, **options: Any) -> None:
         self.limits: DatabaseLimits = options.pop("limits", None) or DatabaseLimits()
         self.waits = WaitCounter(self.limits.pool_max_waiters)
-        options.setdefault(
-            "server_settings",
-            {
-                "application_name": "purchase-feed-service",
-                "statement_timeout": str(self.limits.statement_timeout_ms),
-                "lock_timeout": str(self.limits.lock_timeout_ms),
-            },
-        )
+        self.behind_pooler = options.get("statement_cache_size") == 0
+        server_settings = {"application_name": "purchase-feed-service"}
+        if self.behind_pooler:
+            options.setdefault("command_timeout", self.limits.statement_timeout_ms / 1000)
+        else:
+            server_settings["statement_timeout"] = str(self.limits.statement_timeout_ms)
+            server_settings["lock_timeout"] = str(self.limits.lock_timeout_ms)
+        options.setdefault("server_settings", server_settings)
         options.setdefault("reset", _keep_session)
         # Opening a connection (when the pool grows) counts against the same wait.
         options.setdefault("timeout", self.limits.pool_timeout_ms / 1000)
@@ -89,12 +103,14 @@ class PostgresConnection(StockPostgresConnection):
     async def _run_named(self, method: Callable[..., Awaitable[T]], named: Any) -> T:
         """`method(sql, *arguments)`, given only the rest of the lock budget after a wait for a turn."""
         deadline = lock_deadline.get()
-        if deadline is None:
-            return await method(named.statement.sql, *named.arguments)
         try:
+            if deadline is None:
+                return await method(named.statement.sql, *named.arguments)
             return await method(named.statement.sql, *named.arguments, timeout=seconds_left(deadline))
-        except TimeoutError:  # asyncpg has cancelled the statement on the server: it rolled back
-            raise LimitReached(LOCK_TIMEOUT) from None
+        except TimeoutError:
+            # asyncpg's own timeout (the lock budget's rest, or behind a pooler the statement
+            # limit) ran out: it has cancelled the statement on the server, which rolled it back.
+            raise LimitReached(STATEMENT_TIMEOUT if deadline is None else LOCK_TIMEOUT) from None
 
     async def fetch_all(self, query: ClauseElement) -> list[Any]:
         named = bound(query)

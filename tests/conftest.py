@@ -1,8 +1,11 @@
-"""Fixtures: every database test runs once on SQLite and once on PostgreSQL.
+"""Fixtures: every database test runs on SQLite, on PostgreSQL, and on PostgreSQL through PgBouncer.
 
 PostgreSQL comes from TEST_DATABASE_URL (a server the tests may create databases on). Each run
 creates its own database and drops it at the end; each test starts with empty tables. Without
-TEST_DATABASE_URL the PostgreSQL half skips with the reason; with REQUIRE_POSTGRES=1 (CI) it fails.
+TEST_DATABASE_URL the PostgreSQL tests skip with the reason; with REQUIRE_POSTGRES=1 (CI) they fail.
+The `pgbouncer` backend is the same database through a real PgBouncer in transaction mode (Debian's
+`pgbouncer`, started once per session on its own port): the service runs with DB_STATEMENT_CACHE=0
+and its schema step connects directly (MIGRATION_DATABASE_URL), as the README says to deploy it.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2 as httpx
 import psycopg
@@ -33,7 +39,9 @@ from service.tables import metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET_KEY = "test-signing-key-long-enough-for-hs512-forgeries-0123456789abcdef"
-BACKENDS = ("sqlite", "postgresql")
+BACKENDS = ("sqlite", "postgresql", "pgbouncer")
+# URL through PgBouncer -> the same database directly, for every pooled URL a fixture handed out.
+POOLED: dict[str, str] = {}
 
 
 def _postgres_admin_url() -> str | None:
@@ -68,6 +76,67 @@ def postgres_database() -> Iterator[str]:
     yield f"{base}/{name}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres_database: str) -> Iterator[str]:
+    """A real PgBouncer (transaction pooling) in front of the test server; the test database through it."""
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        reason = "the PgBouncer tests need pgbouncer (apt-get install pgbouncer)"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    server = urlsplit(postgres_database)
+    # Behind a transaction-mode pooler the server's timeouts come from the database's (or role's)
+    # settings, not from the service's connections: set them as the README says (the defaults).
+    limits = load_settings(environ={}, env_file=None).database_limits
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        name = server.path.lstrip("/")
+        conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '{limits.statement_timeout_ms}ms'")
+        conn.execute(f"ALTER DATABASE \"{name}\" SET lock_timeout = '{limits.lock_timeout_ms}ms'")
+    # Not under pytest's temporary folder: the postgres user must be able to reach it.
+    folder = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
+    port = free_port()
+    (folder / "users.txt").write_text(f'"{server.username}" ""\n')
+    (folder / "pgbouncer.ini").write_text(
+        f"""[databases]
+* = host={server.hostname} port={server.port or 5432}
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {folder / "users.txt"}
+pool_mode = transaction
+max_client_conn = 2000
+default_pool_size = 40
+logfile = {folder / "pgbouncer.log"}
+"""
+    )
+    command = [binary, str(folder / "pgbouncer.ini")]
+    if os.geteuid() == 0:  # PgBouncer will not run as root
+        shutil.chown(folder, "postgres")
+        for path in folder.iterdir():
+            shutil.chown(path, "postgres")
+        command = ["runuser", "-u", "postgres", "--", *command]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            break
+        if process.poll() is not None or time.monotonic() > deadline:
+            log = (folder / "pgbouncer.log").read_text() if (folder / "pgbouncer.log").exists() else ""
+            raise AssertionError(f"pgbouncer did not start:\n{log}")
+        time.sleep(0.05)
+    pooled = f"postgresql://{server.username}@127.0.0.1:{port}{server.path}"
+    POOLED[pooled] = postgres_database
+    try:
+        yield pooled
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
@@ -107,14 +176,22 @@ def database_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -
         return f"sqlite:///{tmp_path / 'service.db'}"
     url: str = request.getfixturevalue("postgres_database")
     empty_postgres(url)
+    if backend == "pgbouncer":
+        return str(request.getfixturevalue("pgbouncer"))
     return url
+
+
+def pooler_settings(database_url: str) -> dict[str, str]:
+    """The settings a service behind PgBouncer runs with (none for a direct URL)."""
+    if database_url not in POOLED:
+        return {}
+    return {"DB_STATEMENT_CACHE": "0", "MIGRATION_DATABASE_URL": POOLED[database_url]}
 
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     return replace(
-        load_settings(environ={}, env_file=None),
-        database_url=database_url,
+        load_settings(environ={"DATABASE_URL": database_url, **pooler_settings(database_url)}, env_file=None),
         bcrypt_rounds=4,  # the cost is a setting; tests do not need to pay 12 rounds
         secret_key=TEST_SECRET_KEY,
     )
@@ -195,6 +272,7 @@ def service_env(database_url: str, **extra: str) -> dict[str, str]:
             "BCRYPT_ROUNDS": "4",
             "SECRET_KEY": TEST_SECRET_KEY,
             "SHUTDOWN_GRACE_SECONDS": "0",  # tests stop services often; the draining test sets its own
+            **pooler_settings(database_url),
             **extra,
         }
     )
@@ -271,7 +349,7 @@ def make_api_key(settings: Settings, name: str = "tests") -> str:
     from service.migrations.schema import prepare_schema
 
     async def create() -> str:
-        prepare_schema(settings.database_url)
+        prepare_schema(settings.schema_database_url)
         db = open_database(settings)
         await db.connect()
         try:

@@ -16,7 +16,7 @@ from service.app import create_app, route
 from service.auth import Caller, requires_api_key
 from service.config import Settings
 from service.responses import JSONResponse
-from tests.conftest import table_counts
+from tests.conftest import pooler_settings, table_counts
 from tests.test_purchases import purchase
 
 CLI = Callable[..., tuple[int, str, str]]
@@ -25,7 +25,8 @@ CLI = Callable[..., tuple[int, str, str]]
 @pytest.fixture
 def apikey_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], database_url: str) -> CLI:
     """`apikey_cli("create", "billing")` runs `python -m service apikey ...` on the test's database."""
-    monkeypatch.setenv("DATABASE_URL", database_url)
+    for name, value in {"DATABASE_URL": database_url, **pooler_settings(database_url)}.items():
+        monkeypatch.setenv(name, value)
 
     def run(*args: str) -> tuple[int, str, str]:
         code = main(["apikey", *args])

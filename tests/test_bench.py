@@ -21,6 +21,13 @@ from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
+
+@pytest.fixture(params=("sqlite", "postgresql"))
+def backend(request: pytest.FixtureRequest) -> str:
+    """The bench makes its own databases on the server (`--postgres-url`), never through a pooler."""
+    return str(request.param)
+
+
 WRK_REPORT = """Running 10s test @ http://127.0.0.1:8911/posts?limit=20
   1 threads and 32 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev

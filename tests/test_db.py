@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings, load_settings
-from service.db import Database, open_database
+from service.db import open_database
 from service.migrations.schema import prepare_schema
 from service.queries import load_queries, parse_statements, sql_directory
 from service.tables import metadata
@@ -93,7 +93,7 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_setti
     settings = sqlite_settings
 
     async def pragmas() -> tuple[Any, ...]:
-        prepare_schema(settings.database_url)
+        prepare_schema(settings.schema_database_url)
         db = open_database(settings)
         await db.connect()
         try:
@@ -113,7 +113,7 @@ def test_concurrent_transactions_all_commit(settings: Settings) -> None:
     """Forty writers at once: none is refused for a lock, none is lost."""
 
     async def write_concurrently() -> int:
-        prepare_schema(settings.database_url)
+        prepare_schema(settings.schema_database_url)
         db = open_database(replace(settings, db_pool_max=5))
         await db.connect()
 
@@ -136,7 +136,7 @@ def test_concurrent_transactions_all_commit(settings: Settings) -> None:
 
 def test_a_failed_transaction_leaves_nothing_behind(settings: Settings) -> None:
     async def fail_half_way() -> int:
-        prepare_schema(settings.database_url)
+        prepare_schema(settings.schema_database_url)
         db = open_database(settings)
         await db.connect()
         row = {"name": "a", "key_hash": "h" * 64, "key_prefix": "p", "created_at": utc_now()}
@@ -172,7 +172,7 @@ def test_missing_parameters_are_named() -> None:
 
 def test_statements_run_atomically_commit_together_or_not_at_all(settings: Settings) -> None:
     async def run() -> tuple[int, int]:
-        prepare_schema(settings.database_url)
+        prepare_schema(settings.schema_database_url)
         db = open_database(settings)
         await db.connect()
         row = {"name": "a", "key_hash": "h" * 64, "key_prefix": "p", "created_at": utc_now()}
@@ -212,8 +212,8 @@ def test_writers_readers_and_transactions_at_once_never_deadlock(settings: Setti
     # order, or a writer holding the lock waits for a connection held by a transaction waiting
     # for the lock. Here all three kinds run at once on a pool of two connections.
     async def run() -> int:
-        prepare_schema(settings.database_url)
-        db = Database(settings.database_url, min_size=1, max_size=2)
+        prepare_schema(settings.schema_database_url)
+        db = open_database(replace(settings, db_pool_min=1, db_pool_max=2))
         await db.connect()
         counter = iter(range(10_000))
 

@@ -61,6 +61,13 @@ V1_SCHEMA = Path(__file__).resolve().parent / "schema_v1"
 HEAD = head_revision()
 
 
+@pytest.fixture(params=("sqlite", "postgresql"))
+def backend(request: pytest.FixtureRequest) -> str:
+    """The schema step always connects to the server itself (MIGRATION_DATABASE_URL), never
+    through a transaction-mode pooler, so these tests have no PgBouncer variant."""
+    return str(request.param)
+
+
 @contextmanager
 def engine_for(url: str) -> Iterator[Engine]:
     engine = create_engine(sync_url(url))
