@@ -15,11 +15,9 @@ import contextlib
 import os
 import re
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.config import Settings, load_settings
 from service.tables import metadata
+from tests.pgbouncer import pgbouncer_binary, running_pgbouncer
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET_KEY = "test-signing-key-long-enough-for-hs512-forgeries-0123456789abcdef"
@@ -81,62 +80,22 @@ def postgres_database() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pgbouncer(postgres_database: str) -> Iterator[str]:
     """A real PgBouncer (transaction pooling) in front of the test server; the test database through it."""
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not Path(binary).exists():
+    if pgbouncer_binary() is None:
         reason = "the PgBouncer tests need pgbouncer (apt-get install pgbouncer)"
         if os.environ.get("REQUIRE_POSTGRES") == "1":
             pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
         pytest.skip(reason)
-    server = urlsplit(postgres_database)
     # Behind a transaction-mode pooler the server's timeouts come from the database's (or role's)
     # settings, not from the service's connections: set them as the README says (the defaults).
     limits = load_settings(environ={}, env_file=None).database_limits
+    name = urlsplit(postgres_database).path.lstrip("/")
     with psycopg.connect(postgres_database, autocommit=True) as conn:
-        name = server.path.lstrip("/")
         conn.execute(f"ALTER DATABASE \"{name}\" SET statement_timeout = '{limits.statement_timeout_ms}ms'")
         conn.execute(f"ALTER DATABASE \"{name}\" SET lock_timeout = '{limits.lock_timeout_ms}ms'")
-    # Not under pytest's temporary folder: the postgres user must be able to reach it.
-    folder = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
-    port = free_port()
-    (folder / "users.txt").write_text(f'"{server.username}" ""\n')
-    (folder / "pgbouncer.ini").write_text(
-        f"""[databases]
-* = host={server.hostname} port={server.port or 5432}
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {folder / "users.txt"}
-pool_mode = transaction
-max_client_conn = 2000
-default_pool_size = 40
-logfile = {folder / "pgbouncer.log"}
-"""
-    )
-    command = [binary, str(folder / "pgbouncer.ini")]
-    if os.geteuid() == 0:  # PgBouncer will not run as root
-        shutil.chown(folder, "postgres")
-        for path in folder.iterdir():
-            shutil.chown(path, "postgres")
-        command = ["runuser", "-u", "postgres", "--", *command]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while True:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-            break
-        if process.poll() is not None or time.monotonic() > deadline:
-            log = (folder / "pgbouncer.log").read_text() if (folder / "pgbouncer.log").exists() else ""
-            raise AssertionError(f"pgbouncer did not start:\n{log}")
-        time.sleep(0.05)
-    pooled = f"postgresql://{server.username}@127.0.0.1:{port}{server.path}"
-    POOLED[pooled] = postgres_database
-    try:
+    with running_pgbouncer(postgres_database, free_port()) as server:
+        pooled = f"{server}/{name}"
+        POOLED[pooled] = postgres_database
         yield pooled
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,0 +1,108 @@
+"""What PgBouncer in transaction mode costs the service, against direct connections, in one run.
+
+    python bench/pgbouncer_cost.py [--postgres-url URL] [--seconds 8] [--rounds 5]
+
+A fresh database, seeded as `python -m service bench` seeds it, and two service processes on it
+(one worker each): one connected directly, one through a PgBouncer started here
+(DB_STATEMENT_CACHE=0, MIGRATION_DATABASE_URL direct, the timeouts as database settings, as the
+README's Scaling out says). Each scenario alternates between the two, round by round, under the
+bench's load (wrk, 32 connections); it prints each side's median run and the median of the rounds'
+ratios (pooled / direct). Run from the repository root after `make bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import psycopg  # noqa: E402 - after the path is set
+
+from service.bench import _drive, _median_ratio, _median_run, fresh_database, prepare, seed_database, server  # noqa: E402
+from service.config import load_settings  # noqa: E402
+from service.scenarios import SCENARIOS  # noqa: E402
+from service.seed_size import SeedSize  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.pgbouncer import running_pgbouncer  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS))
+    args = parser.parse_args()
+    options = SimpleNamespace(
+        connections=args.connections,
+        seconds=args.seconds,
+        generator="wrk",
+        limit_app=str(ROOT.parent / "shared" / "bench" / "limit_app.py"),
+    )
+    limits = load_settings(environ={}, env_file=None).database_limits
+    with fresh_database("postgresql", args.postgres_url) as direct, tempfile.TemporaryDirectory() as folder:
+        name = direct.rsplit("/", 1)[1]
+        with psycopg.connect(direct, autocommit=True) as conn:
+            conn.execute(
+                f"ALTER DATABASE \"{name}\" SET statement_timeout = '{limits.statement_timeout_ms}ms'"
+            )
+            conn.execute(f"ALTER DATABASE \"{name}\" SET lock_timeout = '{limits.lock_timeout_ms}ms'")
+        print("seeding ...", flush=True)
+        reader = seed_database(direct, SeedSize())
+        common = {
+            **os.environ,
+            "LOG_LEVEL": "warning",
+            "SECRET_KEY": secrets.token_urlsafe(48),
+            "SHUTDOWN_GRACE_SECONDS": "0",
+        }
+        with contextlib.ExitStack() as stack:
+            bouncer = stack.enter_context(running_pgbouncer(direct, free_port(), pool_size=20))
+            sides = {
+                "direct": {**common, "DATABASE_URL": direct},
+                "pgbouncer": {
+                    **common,
+                    "DATABASE_URL": f"{bouncer}/{name}",
+                    "DB_STATEMENT_CACHE": "0",
+                    "MIGRATION_DATABASE_URL": direct,
+                },
+            }
+            ports = {}
+            for side, env in sides.items():
+                ports[side] = free_port()
+                args_ = [sys.executable, "-m", "service", "--port", str(ports[side])]
+                stack.enter_context(server(args_, env, f"http://127.0.0.1:{ports[side]}/health", ROOT))
+            ctx = prepare(f"http://127.0.0.1:{ports['direct']}", sides["direct"], ROOT, reader, print)
+            for scenario_name in args.scenario or ["purchase", "posts"]:
+                scenario = SCENARIOS[scenario_name]
+                runs: dict[str, list] = {side: [] for side in sides}
+                for port in ports.values():  # warm up, not counted
+                    _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder), 2)
+                for round_number in range(1, args.rounds + 1):
+                    order = list(ports.items()) if round_number % 2 else list(ports.items())[::-1]
+                    for side, port in order:
+                        runs[side].append(
+                            _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder))
+                        )
+                for side in sides:
+                    run = _median_run(runs[side])
+                    latencies = f"p50 {run.p50_ms:6.2f}  p90 {run.p90_ms:6.2f}  p99 {run.p99_ms:6.2f} ms"
+                    print(
+                        f"{scenario_name:9} {side:10} {run.requests_per_second:8.0f} req/s  {latencies}"
+                        f"  non-2xx {run.non_2xx}  errors {run.errors}"
+                    )
+                ratio = _median_ratio(runs["pgbouncer"], runs["direct"])
+                print(f"{scenario_name:9} pgbouncer / direct: {ratio:.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
