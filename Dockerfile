@@ -35,9 +35,12 @@ ENV PATH=/opt/service/bin:$PATH \
     PORT=8000 \
     LOG_FORMAT=json \
     DATABASE_URL=sqlite:////var/lib/service/service.db
-# A numbered user, no passwd entry needed; its home is the one place it writes (SQLite's file and
-# the generated signing key): mount a volume there, and run with a read-only root filesystem.
-RUN install -d -o 10001 -g 10001 -m 0700 /var/lib/service
+# An unprivileged user (written into passwd directly: a minimal base may have no useradd, and
+# libpq and asyncpg look the user up when a URL names none); its home is the one place it writes
+# (SQLite's file and the generated signing key): mount a volume there, run with a read-only root.
+RUN echo "service:x:10001:10001:purchase-feed-service:/var/lib/service:/usr/sbin/nologin" >> /etc/passwd \
+ && echo "service:x:10001:" >> /etc/group \
+ && install -d -o 10001 -g 10001 -m 0700 /var/lib/service
 COPY --from=build /opt/service /opt/service
 USER 10001:10001
 WORKDIR /var/lib/service

@@ -203,6 +203,7 @@ def test_the_image_serves_on_postgres_as_an_unprivileged_user_on_a_read_only_roo
         assert httpx.get(f"{base}/docs/assets/swagger-ui-bundle.js").status_code == 200
 
         assert engine("exec", container, "id", "-u").stdout.strip() == "10001"
+        assert engine("exec", container, "id", "-un").stdout.strip() == "service"
         assert engine.inspect(container, "{{.HostConfig.ReadonlyRootfs}}") == "true"
         assert engine("exec", container, "touch", "/opt/service/written", check=False).returncode != 0
         healthcheck = engine("image", "inspect", "--format", "{{.Config.Healthcheck.Test}}", IMAGE).stdout
