@@ -22,7 +22,7 @@ from starlette.types import Scope
 from service import accounts, customers, operations, pages, purchases, reports, social
 from service.auth import AuthSettings
 from service.config import SCHEMA_CHECKED, Settings, load_settings
-from service.db import open_database
+from service.db import open_database, watch_replicas
 from service.draining import Drain
 from service.errors import EXCEPTION_HANDLERS
 from service.housekeeping import purge_forever, refresh_pool_gauges
@@ -163,6 +163,8 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         if advice:
             log.warning(advice)
         chores = [asyncio.create_task(purge_forever(db, auth))]
+        if db.replicas is not None:
+            chores.append(asyncio.create_task(watch_replicas(db)))
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             chores.append(asyncio.create_task(refresh_pool_gauges(db)))
         drain = Drain()

@@ -64,6 +64,8 @@ class Settings:
     shutdown_grace_seconds: int
     db_statement_cache: int
     migration_database_url: str
+    database_replica_urls: tuple[str, ...]
+    replica_max_lag_ms: int
     secret_key: str
     bcrypt_rounds: int
     access_token_ttl: int
@@ -153,6 +155,17 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         " pooler (its session lock must hold)",
     ),
     (
+        "DATABASE_REPLICA_URLS",
+        "(none)",
+        "PostgreSQL read replicas, comma-separated: reads that may be a moment old go there"
+        " (see Scaling out)",
+    ),
+    (
+        "REPLICA_MAX_LAG_MS",
+        "1000",
+        "a replica further behind than this is skipped until it catches up",
+    ),
+    (
         "SHUTDOWN_GRACE_SECONDS",
         "5",
         "after SIGTERM, how long `/ready` is 503 while requests are still served, before the worker"
@@ -226,6 +239,13 @@ def _database_url(raw: str) -> str:
 
 def _optional_database_url(raw: str) -> str:
     return _database_url(raw) if raw.strip() else ""
+
+
+def _replica_urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(_database_url(part) for part in raw.split(",") if part.strip())
+    if any(url.startswith("sqlite") for url in urls):
+        raise SettingsError("DATABASE_REPLICA_URLS must be postgresql:// URLs")
+    return urls
 
 
 def _boolean(name: str) -> Callable[[str], bool]:
@@ -313,7 +333,13 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
             config, "DB_STATEMENT_CACHE", _integer("DB_STATEMENT_CACHE", 0, 100_000), "100"
         ),
         migration_database_url=_read(config, "MIGRATION_DATABASE_URL", _optional_database_url, ""),
+        database_replica_urls=_read(config, "DATABASE_REPLICA_URLS", _replica_urls, ""),
+        replica_max_lag_ms=_read(
+            config, "REPLICA_MAX_LAG_MS", _integer("REPLICA_MAX_LAG_MS", 1, 3_600_000), "1000"
+        ),
     )
+    if settings.database_replica_urls and is_sqlite:
+        raise SettingsError("DATABASE_REPLICA_URLS needs a PostgreSQL DATABASE_URL")
     if settings.schema_database_url.startswith("sqlite") != is_sqlite:
         raise SettingsError("MIGRATION_DATABASE_URL must name the same kind of database as DATABASE_URL")
     if settings.db_pool_min > settings.db_pool_max:

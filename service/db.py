@@ -17,7 +17,9 @@ import databases.core
 
 from service.config import DatabaseLimits, Settings
 from service.limits import WriterTurns
+from service.metrics import observe_replicas, observe_statement_target
 from service.queries import Queries, Statement, load_queries
+from service.replicas import REPLICA_READS, Replica, ReplicaSet, parse_token, required_position
 from service.sqlite_backend import SQLiteBackend, SQLiteConnection, TaskLock
 
 PING_TIMEOUT_SECONDS = 2.0
@@ -39,6 +41,22 @@ class Database(databases.Database):
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
         self.sql = queries or load_queries(self.dialect)
         self.writer_turns = WriterTurns(limits.lock_timeout_ms / 1000)
+        self.replicas: ReplicaSet | None = None
+
+    async def connect(self) -> None:
+        await super().connect()
+        for replica in self.replicas.replicas if self.replicas else ():
+            await replica.backend.connect()  # no connection yet (min_size 0): a replica may be away
+
+    async def disconnect(self) -> None:
+        for replica in self.replicas.replicas if self.replicas else ():
+            await replica.backend.disconnect()
+        await super().disconnect()
+
+    async def consistency_token(self) -> str:
+        """The primary's WAL insert position now: after a commit, the token of that write."""
+        row = await self.fetch_one(self.sql.wal_position, {})
+        return str(row["position"])
 
     def writer_turn(self, key: Any) -> Any:
         """`async with db.writer_turn(key)`: one request per key at a time in this worker (WriterTurns)."""
@@ -69,25 +87,45 @@ class Database(databases.Database):
             and asyncio.current_task() not in self._connection_map
         )
 
-    async def _run_borrowed(self, run: Callable[[Any], Awaitable[T]]) -> T:
-        connection = self._backend.connection()
+    async def _run_borrowed(self, run: Callable[[Any], Awaitable[T]], backend: Any = None) -> T:
+        connection = (backend or self._backend).connection()
         await connection.acquire()
         try:
             return await run(connection)
         finally:
             await connection.release()
 
+    async def _read(self, statement: Statement, run: Callable[[Any], Awaitable[T]]) -> T:
+        """A borrowed read: on a replica when the statement may be a moment old and one is current
+        enough for the request's consistency token; else (or if that replica fails) the primary."""
+        if self.replicas is None:
+            return await self._run_borrowed(run)
+        if statement.name in REPLICA_READS:
+            replica = self.replicas.choose(required_position.get())
+            if replica is not None:
+                try:
+                    result = await self._run_borrowed(run, replica.backend)
+                except Exception as exc:
+                    if not is_database_unavailable(exc):
+                        raise
+                    self.replicas.set_aside(replica)  # and the primary answers instead
+                else:
+                    observe_statement_target(replica.name)
+                    return result
+        observe_statement_target("primary")
+        return await self._run_borrowed(run)
+
     async def fetch_all(self, query: Any, values: dict[str, Any] | None = None) -> list[Any]:
         if not self._borrows(query):
             return await super().fetch_all(query, values)
         bound = query.values(**(values or {}))
-        return await self._run_borrowed(lambda connection: connection.fetch_all(bound))
+        return await self._read(query, lambda connection: connection.fetch_all(bound))
 
     async def fetch_one(self, query: Any, values: dict[str, Any] | None = None) -> Any:
         if not self._borrows(query):
             return await super().fetch_one(query, values)
         bound = query.values(**(values or {}))
-        return await self._run_borrowed(lambda connection: connection.fetch_one(bound))
+        return await self._read(query, lambda connection: connection.fetch_one(bound))
 
     async def execute(self, query: Any, values: dict[str, Any] | None = None) -> Any:
         if not self._borrows(query):
@@ -195,7 +233,7 @@ def open_database(settings: Settings, queries: Queries | None = None) -> Databas
     options: dict[str, Any] = {}
     if not settings.is_sqlite:
         options["statement_cache_size"] = settings.db_statement_cache
-    return Database(
+    db = Database(
         settings.database_url,
         queries,
         min_size=settings.db_pool_min,
@@ -203,6 +241,38 @@ def open_database(settings: Settings, queries: Queries | None = None) -> Databas
         limits=settings.database_limits,
         **options,
     )
+    if settings.database_replica_urls:
+        from service.postgres_backend import PostgresBackend
+
+        replicas = [
+            Replica(
+                f"replica{n}",
+                PostgresBackend(
+                    url,
+                    min_size=0,  # opened when first needed: start-up never waits for a replica
+                    max_size=settings.db_pool_max,
+                    limits=settings.database_limits,
+                    **options,
+                ),
+            )
+            for n, url in enumerate(settings.database_replica_urls, 1)
+        ]
+        db.replicas = ReplicaSet(replicas, settings.replica_max_lag_ms / 1000)
+    return db
+
+
+async def watch_replicas(db: Database, every_seconds: float = 0.2) -> None:
+    """Each worker's look at its replicas: how far each has replayed, and whether it is usable."""
+    assert db.replicas is not None
+    while True:
+        try:
+            primary = parse_token((await db.consistency_token()).encode())
+        except Exception:  # the primary is away: /ready says so; keep looking
+            await asyncio.sleep(every_seconds)
+            continue
+        await db.replicas.look(primary, db.sql)
+        observe_replicas(db.replicas.replicas)
+        await asyncio.sleep(every_seconds)
 
 
 _UNAVAILABLE_POSTGRES = (

@@ -37,6 +37,23 @@ LIMITS_REACHED = Counter(
     " (pool_timeout, overloaded, lock_timeout, statement_timeout).",
     ["reason"],
 )
+STATEMENTS_BY_TARGET = Counter(
+    "db_statements_total",
+    "Reads routed with replicas configured, by the database that served them (primary, replicaN).",
+    ["target"],
+)
+REPLICA_LAG = Gauge(
+    "db_replica_lag_seconds",
+    "How far each replica is behind the primary (-1: not reachable).",
+    ["replica"],
+    multiprocess_mode="max",
+)
+REPLICA_USABLE = Gauge(
+    "db_replica_usable",
+    "1 while a replica serves reads, 0 while it is skipped.",
+    ["replica"],
+    multiprocess_mode="max",
+)
 POOL_OPEN = Gauge("db_pool_connections_open", "Database connections open.", multiprocess_mode="livesum")
 POOL_IN_USE = Gauge(
     "db_pool_connections_in_use",
@@ -62,6 +79,17 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
 
 def observe_limit_reached(reason: str) -> None:
     LIMITS_REACHED.labels(reason).inc()
+
+
+def observe_statement_target(target: str) -> None:
+    STATEMENTS_BY_TARGET.labels(target).inc()
+
+
+def observe_replicas(replicas: Any) -> None:
+    for replica in replicas:
+        lag = -1.0 if replica.lag_seconds is None else replica.lag_seconds
+        REPLICA_LAG.labels(replica.name).set(lag)
+        REPLICA_USABLE.labels(replica.name).set(1 if replica.usable else 0)
 
 
 def observe_pool(open_connections: int, in_use: int) -> None:

@@ -20,12 +20,14 @@ from service.db import is_database_unavailable
 from service.errors import Problem, problem_response
 from service.limits import DETAILS, limit_reached
 from service.metrics import observe_limit_reached, observe_request
+from service.replicas import TOKEN_HEADER, parse_token, required_position
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first", for logs and metrics
 
 access_log = logging.getLogger("service.access")
 error_log = logging.getLogger("service.errors")
 
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 # A caller's id is echoed back only if it is short and plain: no header or log injection.
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -60,6 +62,10 @@ class RequestContextMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         drain = state.get("drain")
+        db = state.get("db")
+        with_replicas = db is not None and db.replicas is not None
+        if with_replicas and (token := _header(scope, TOKEN_HEADER)) is not None:
+            required_position.set(parse_token(token))  # this request's task only
         id_header = (b"x-request-id", request_id.encode())
         status = 500
         response_started = False
@@ -70,6 +76,11 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_started = True
                 message["headers"] = [*message.get("headers", ()), id_header]
+                if with_replicas and scope["method"] not in _READS and 200 <= status < 300:
+                    # Committed: where the primary's log stands now is at or past this write.
+                    message["headers"].append(
+                        (b"x-consistency-token", (await db.consistency_token()).encode())
+                    )
                 if drain is not None and drain.active:
                     # Draining: the client's next request should open a connection elsewhere.
                     message["headers"].append((b"connection", b"close"))

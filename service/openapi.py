@@ -60,6 +60,20 @@ UNAVAILABLE = {
 }
 
 
+CONSISTENCY = (
+    "With read replicas (DATABASE_REPLICA_URLS): the primary's write-ahead log position after this"
+    " write committed. Send it back on a read, on any instance, to see this write."
+)
+CONSISTENCY_TOKEN = {
+    "name": "X-Consistency-Token",
+    "in": "header",
+    "required": False,
+    "description": "From a write's response: this read is served by a replica that has replayed at least"
+    " that far, or by the primary. Any other value: the primary serves it.",
+    "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$", "examples": ["0/3020420"]},
+}
+
+
 class ProblemOut(Schema):
     """RFC 9457 problem details."""
 
@@ -230,6 +244,14 @@ def build_spec(routes: Iterable[BaseRoute]) -> dict[str, Any]:
                 operation["parameters"] += _query_parameters(plugin, doc["query"])
             if doc["idempotent"]:
                 operation["parameters"].append(IDEMPOTENCY_KEY)
+            if method == "GET":
+                operation["parameters"].append(CONSISTENCY_TOKEN)
+            else:
+                for status, answer in operation["responses"].items():
+                    if status.startswith("2"):
+                        answer["headers"] = {
+                            "X-Consistency-Token": {"description": CONSISTENCY, "schema": {"type": "string"}}
+                        }
             if doc["body"] is not None or doc["form"] is not None:
                 content: dict[str, Any] = {}
                 if doc["body"] is not None:

@@ -35,6 +35,7 @@ from service.app import create_app
 from service.config import Settings, load_settings
 from service.tables import metadata
 from tests.pgbouncer import pgbouncer_binary, running_pgbouncer
+from tests.replication import Cluster, postgres_binaries, replicated_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET_KEY = "test-signing-key-long-enough-for-hs512-forgeries-0123456789abcdef"
@@ -96,6 +97,18 @@ def pgbouncer(postgres_database: str) -> Iterator[str]:
         pooled = f"{server}/{name}"
         POOLED[pooled] = postgres_database
         yield pooled
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A private primary and a streaming standby (tests/replication.py), for one test module."""
+    if postgres_binaries() is None:
+        reason = "replication tests need PostgreSQL 15's server binaries (/usr/lib/postgresql/15/bin)"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    with replicated_cluster(free_port(), free_port()) as built:
+        yield built
 
 
 @pytest.fixture

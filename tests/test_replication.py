@@ -6,28 +6,14 @@ after the commit.
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from tests.conftest import free_port
-from tests.replication import Cluster, postgres_binaries, replicated_cluster
+from tests.replication import Cluster
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    if postgres_binaries() is None:
-        reason = "replication tests need PostgreSQL 15's server binaries (/usr/lib/postgresql/15/bin)"
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
-        pytest.skip(reason)
-    with replicated_cluster(free_port(), free_port()) as built:
-        yield built
 
 
 def test_a_held_back_standby_has_a_write_exactly_when_it_has_replayed_past_its_position(

@@ -7,12 +7,18 @@ const USER_KEY = "purchase-feed-service.user";
 const $ = (id) => document.getElementById(id);
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
+// The newest write's X-Consistency-Token (the primary's log position after it), while the page lives.
+let consistencyToken = null;
 
 async function api(method, path, body) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (token()) headers.Authorization = `Bearer ${token()}`;
+  // Read your own writes behind read replicas: send back the newest write's consistency token.
+  if (consistencyToken) headers["X-Consistency-Token"] = consistencyToken;
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const written = response.headers.get("X-Consistency-Token");
+  if (written) consistencyToken = written;
   const text = await response.text();
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
