@@ -338,6 +338,12 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
             config, "REPLICA_MAX_LAG_MS", _integer("REPLICA_MAX_LAG_MS", 1, 3_600_000), "1000"
         ),
     )
+    if settings.behind_transaction_pooler and not settings.migration_database_url:
+        # Through transaction pooling the schema step's session lock would not be exclusive.
+        raise SettingsError(
+            "DB_STATEMENT_CACHE=0 (a transaction-mode pooler) needs MIGRATION_DATABASE_URL:"
+            " the server itself, for the schema step"
+        )
     if settings.database_replica_urls and is_sqlite:
         raise SettingsError("DATABASE_REPLICA_URLS needs a PostgreSQL DATABASE_URL")
     if settings.schema_database_url.startswith("sqlite") != is_sqlite:

@@ -54,6 +54,33 @@ def test_the_limits_have_defaults_and_the_busy_timeout_keeps_its_old_name() -> N
     assert both.db_lock_timeout_ms == 900
 
 
+def test_a_transaction_pooler_needs_a_direct_url_for_the_schema_step() -> None:
+    pooled = {"DATABASE_URL": "postgresql://u@bouncer:6432/db", "DB_STATEMENT_CACHE": "0"}
+    with pytest.raises(SettingsError, match="needs MIGRATION_DATABASE_URL"):
+        load_settings(environ=pooled, env_file=None)
+    settings = load_settings(
+        environ={**pooled, "MIGRATION_DATABASE_URL": "postgresql://u@db:5432/db"}, env_file=None
+    )
+    assert settings.behind_transaction_pooler
+    assert settings.schema_database_url == "postgresql://u@db:5432/db"
+    assert load_settings(
+        environ={"DATABASE_URL": "postgresql://u@db/x"}, env_file=None
+    ).schema_database_url == ("postgresql://u@db/x")
+
+
+def test_replicas_are_read_from_a_comma_separated_list_and_need_postgresql() -> None:
+    settings = load_settings(
+        environ={
+            "DATABASE_URL": "postgresql://u@p/db",
+            "DATABASE_REPLICA_URLS": "postgresql://u@r1/db, postgres://u@r2/db",
+        },
+        env_file=None,
+    )
+    assert settings.database_replica_urls == ("postgresql://u@r1/db", "postgresql://u@r2/db")
+    with pytest.raises(SettingsError, match="needs a PostgreSQL DATABASE_URL"):
+        load_settings(environ={"DATABASE_REPLICA_URLS": "postgresql://u@r1/db"}, env_file=None)
+
+
 def test_postgres_scheme_alias_is_accepted() -> None:
     settings = load_settings(environ={"DATABASE_URL": "postgres://u@h/db"}, env_file=None)
     assert settings.database_url == "postgresql://u@h/db"
