@@ -78,9 +78,12 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", ()), id_header]
                 if with_replicas and scope["method"] not in _READS and 200 <= status < 300:
                     # Committed: where the primary's log stands now is at or past this write.
-                    message["headers"].append(
-                        (b"x-consistency-token", (await db.consistency_token()).encode())
-                    )
+                    try:
+                        token = (await db.consistency_token()).encode()
+                    except Exception as exc:  # the write stands; its answer goes out without a token
+                        error_log.warning("no consistency token: %s", exc.__class__.__name__)
+                    else:
+                        message["headers"].append((b"x-consistency-token", token))
                 if drain is not None and drain.active:
                     # Draining: the client's next request should open a connection elsewhere.
                     message["headers"].append((b"connection", b"close"))

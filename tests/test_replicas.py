@@ -202,3 +202,28 @@ def test_a_replica_further_behind_than_the_limit_is_skipped_until_it_catches_up(
     assert set(result["again"]) == {200}
     before, after = result["served"]
     assert after >= before + 10  # caught up: in use again
+
+
+def test_a_write_whose_token_cannot_be_read_still_gets_its_answer() -> None:
+    from starlette.testclient import TestClient
+
+    from service.middleware import RequestContextMiddleware
+
+    class PrimaryGoneAfterTheCommit:
+        replicas = object()
+
+        async def consistency_token(self) -> str:
+            raise OSError("the primary went away")
+
+    async def committed(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    middleware = RequestContextMiddleware(committed, max_body_bytes=1024)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await middleware({**scope, "state": {"db": PrimaryGoneAfterTheCommit()}}, receive, send)
+
+    response = TestClient(app).post("/purchases")
+    assert response.status_code == 201
+    assert "x-consistency-token" not in response.headers
