@@ -168,7 +168,10 @@ def test_a_held_lock_costs_its_writers_a_503_at_the_limit_and_no_one_else_anythi
         201 if backend != "sqlite" else 200
     }
     assert len(result["during"]) >= 5
-    assert max(seconds for _, seconds in result["during"]) < lock_ms / 1000 / 2
+    during = [seconds for _, seconds in result["during"]]
+    # Typically a few ms; never a lock wait (the slowest may meet a busy CI machine's scheduler).
+    assert statistics.median(during) < 0.1
+    assert max(during) < lock_ms / 1000 * 0.9
     assert set(result["ready"]) == {200}
     # Nothing half written, nothing lost or twice.
     assert [response.status_code for response in result["retried"]] == [201] * len(emails)
