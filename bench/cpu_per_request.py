@@ -29,9 +29,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.bench import fresh_database, seed_database  # noqa: E402 - after the path is set
-from service.scenarios import Context, posts_request, purchase_request  # noqa: E402
-from service.seed_size import SeedSize  # noqa: E402
+from service.bench.runner import fresh_database, seed_database  # noqa: E402 - after the path is set
+from service.bench.scenarios import Context, posts_request, purchase_request  # noqa: E402
+from service.bench.sizes import SeedSize  # noqa: E402
 
 CALLERS = 32
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]

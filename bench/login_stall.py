@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.bench import server  # noqa: E402 - after the path is set
-from service.load import parse_wrk  # noqa: E402
+from service.bench.load import parse_wrk  # noqa: E402
+from service.bench.runner import server  # noqa: E402 - after the path is set
 
 LOGIN_LUA = ROOT / "bench" / "login.lua"
 

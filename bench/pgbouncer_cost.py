@@ -26,10 +26,18 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402 - after the path is set
 
-from service.bench import _drive, _median_ratio, _median_run, fresh_database, prepare, seed_database, server  # noqa: E402
+from service.bench.runner import (  # noqa: E402
+    _drive,
+    _median_ratio,
+    _median_run,
+    fresh_database,
+    prepare,
+    seed_database,
+    server,
+)
+from service.bench.scenarios import SCENARIOS  # noqa: E402
+from service.bench.sizes import SeedSize  # noqa: E402
 from service.config import load_settings  # noqa: E402
-from service.scenarios import SCENARIOS  # noqa: E402
-from service.seed_size import SeedSize  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.pgbouncer import running_pgbouncer  # noqa: E402
 

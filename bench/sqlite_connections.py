@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.load import Run  # noqa: E402 - after the path is set
+from service.bench.load import Run  # noqa: E402 - after the path is set
 
 
 def build_app(backend: str, url: str):  # type: ignore[no-untyped-def]
@@ -54,8 +54,8 @@ def serve(backend: str, url: str, port: int) -> None:
 
 
 def measure(backend: str, seconds: int, connections: int, port: int) -> Run:
-    from service.bench import server
-    from service.load import wrk_load
+    from service.bench.load import wrk_load
+    from service.bench.runner import server
 
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/bench.db"

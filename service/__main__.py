@@ -10,9 +10,9 @@ import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from service.bench.scenarios import SCENARIOS
+from service.bench.sizes import SeedSize
 from service.config import SCHEMA_CHECKED, Settings, SettingsError, load_settings
-from service.scenarios import SCENARIOS
-from service.seed_size import SeedSize
 
 GRACEFUL_SHUTDOWN_BACKSTOP_SECONDS = 60
 
@@ -243,7 +243,7 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "bench":
         from pathlib import Path
 
-        from service.bench import run_bench
+        from service.bench.runner import run_bench
 
         args.database = args.database or ["sqlite", "postgresql"]
         args.scenario = args.scenario or list(SCENARIOS)

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 
 from service.accounts import hash_password
+from service.bench.sizes import SeedSize
 from service.db import Database
 from service.queries import Statement
-from service.seed_size import SeedSize
 from service.timestamps import to_text, utc_now
 
 SEED_PASSWORD = "seed-password"  # noqa: S105 - the published demo password of seeded users

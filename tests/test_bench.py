@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from service.load import Run, builtin_load, parse_wrk, wrk_load, wrk_script
-from service.scenarios import Context, posts_request, purchase_request
+from service.bench.load import Run, builtin_load, parse_wrk, wrk_load, wrk_script
+from service.bench.scenarios import Context, posts_request, purchase_request
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow

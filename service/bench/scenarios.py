@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from service.load import Request
+from service.bench.load import Request
 
 
 @dataclass

@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 
-from service.load import Run, builtin_load, wrk_load, wrk_script
-from service.scenarios import SCENARIOS, Context, Scenario, batch_request
+from service.bench.load import Run, builtin_load, wrk_load, wrk_script
+from service.bench.scenarios import SCENARIOS, Context, Scenario, batch_request
 
 # Before a scenario's rounds each server gets this much of its load, unmeasured: pools fill,
 # statements are prepared, caches warm.
@@ -360,7 +360,7 @@ def bench_database(
 
 
 def _size(options: Any) -> Any:
-    from service.seed_size import SeedSize
+    from service.bench.sizes import SeedSize
 
     return SeedSize(
         users=options.users,
