@@ -95,11 +95,10 @@ class Database(databases.Database):
         finally:
             await connection.release()
 
-    async def _read(self, statement: Statement, run: Callable[[Any], Awaitable[T]]) -> T:
+    async def _read_with_replicas(self, statement: Statement, run: Callable[[Any], Awaitable[T]]) -> T:
         """A borrowed read: on a replica when the statement may be a moment old and one is current
         enough for the request's consistency token; else (or if that replica fails) the primary."""
-        if self.replicas is None:
-            return await self._run_borrowed(run)
+        assert self.replicas is not None
         if statement.name in REPLICA_READS:
             replica = self.replicas.choose(required_position.get())
             if replica is not None:
@@ -108,7 +107,7 @@ class Database(databases.Database):
                 except Exception as exc:
                     if not is_database_unavailable(exc):
                         raise
-                    self.replicas.set_aside(replica)  # and the primary answers instead
+                    self.replicas.set_aside(replica, exc)  # and the primary answers instead
                 else:
                     observe_statement_target(replica.name)
                     return result
@@ -119,13 +118,19 @@ class Database(databases.Database):
         if not self._borrows(query):
             return await super().fetch_all(query, values)
         bound = query.values(**(values or {}))
-        return await self._read(query, lambda connection: connection.fetch_all(bound))
+        run: Callable[[Any], Awaitable[list[Any]]] = lambda connection: connection.fetch_all(bound)  # noqa: E731
+        if self.replicas is None:  # the usual case: no extra hop on the hot path
+            return await self._run_borrowed(run)
+        return await self._read_with_replicas(query, run)
 
     async def fetch_one(self, query: Any, values: dict[str, Any] | None = None) -> Any:
         if not self._borrows(query):
             return await super().fetch_one(query, values)
         bound = query.values(**(values or {}))
-        return await self._read(query, lambda connection: connection.fetch_one(bound))
+        run: Callable[[Any], Awaitable[Any]] = lambda connection: connection.fetch_one(bound)  # noqa: E731
+        if self.replicas is None:
+            return await self._run_borrowed(run)
+        return await self._read_with_replicas(query, run)
 
     async def execute(self, query: Any, values: dict[str, Any] | None = None) -> Any:
         if not self._borrows(query):
@@ -270,7 +275,17 @@ async def watch_replicas(db: Database, every_seconds: float = 0.2) -> None:
         except Exception:  # the primary is away: /ready says so; keep looking
             await asyncio.sleep(every_seconds)
             continue
-        await db.replicas.look(primary, db.sql)
+        for replica in db.replicas.replicas:
+            try:
+                async with asyncio.timeout(1.0):
+                    row = await db._run_borrowed(
+                        lambda connection: connection.fetch_one(db.sql.replica_position.values()),
+                        replica.backend,
+                    )
+            except Exception as exc:  # unreachable or refusing: skip it, look again next time
+                db.replicas.set_aside(replica, exc)
+            else:
+                db.replicas.record(replica, row, primary)
         observe_replicas(db.replicas.replicas)
         await asyncio.sleep(every_seconds)
 

@@ -101,7 +101,8 @@ class PostgresConnection(StockPostgresConnection):
             waits.leave()
 
     async def _run_named(self, method: Callable[..., Awaitable[T]], named: Any) -> T:
-        """`method(sql, *arguments)`, given only the rest of the lock budget after a wait for a turn."""
+        """`method(sql, *arguments)`: given only the rest of the lock budget after a wait for a turn,
+        and with asyncpg's own timeouts (that rest, or behind a pooler the statement limit) as 503s."""
         deadline = lock_deadline.get()
         try:
             if deadline is None:

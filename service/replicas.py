@@ -10,7 +10,6 @@ position and lag from a monitor that polls them; nothing about callers is kept a
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import re
@@ -94,36 +93,19 @@ class ReplicaSet:
             return None
         return candidates[next(self._turn) % len(candidates)]
 
-    def set_aside(self, replica: Replica) -> None:
-        """A statement on it failed to connect: skip it until the monitor sees it answer again."""
-        replica.usable = False
-        replica.lag_seconds = None
+    def set_aside(self, replica: Replica, reason: BaseException) -> None:
+        """It did not answer: skip it until a look finds it answering again."""
+        if replica.usable or replica.lag_seconds is not None:
+            log.warning("replica %s set aside: %s", replica.name, reason.__class__.__name__)
+        replica.usable, replica.lag_seconds = False, None
 
-    async def look(self, primary_position: int, statements: Any) -> None:
-        """Read every replica's replay position and lag once."""
-        for replica in self.replicas:
-            try:
-                async with asyncio.timeout(1.0):
-                    connection = replica.backend.connection()
-                    await connection.acquire()
-                    try:
-                        row = await connection.fetch_one(statements.replica_position.values())
-                    finally:
-                        await connection.release()
-            except Exception as exc:  # unreachable or refusing: skip it, look again next time
-                if replica.usable or replica.lag_seconds is not None:
-                    log.warning("replica %s set aside: %s", replica.name, exc.__class__.__name__)
-                replica.usable, replica.lag_seconds = False, None
-                continue
-            replica.position = parse_token(str(row["position"] or "0/0").encode())
-            behind = replica.position < primary_position
-            replica.lag_seconds = float(row["lag_seconds"] or 0.0) if behind else 0.0
-            usable = replica.lag_seconds <= self.max_lag_seconds
-            if usable != replica.usable:
-                log.info(
-                    "replica %s %s (lag %.3f s)",
-                    replica.name,
-                    "in use" if usable else "skipped",
-                    replica.lag_seconds,
-                )
-            replica.usable = usable
+    def record(self, replica: Replica, row: Any, primary_position: int) -> None:
+        """What a look found: its replay position and, while it is behind, its lag."""
+        replica.position = parse_token(str(row["position"] or "0/0").encode())
+        behind = replica.position < primary_position
+        replica.lag_seconds = float(row["lag_seconds"] or 0.0) if behind else 0.0
+        usable = replica.lag_seconds <= self.max_lag_seconds
+        if usable != replica.usable:
+            state = "in use" if usable else "skipped"
+            log.info("replica %s %s (lag %.3f s)", replica.name, state, replica.lag_seconds)
+        replica.usable = usable

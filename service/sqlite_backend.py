@@ -64,12 +64,12 @@ class TaskLock:
     most its lock budget; `deadline` is when the holder's budget ends (its busy timeout is the rest).
     """
 
-    def __init__(self, budget_seconds: float = 5.0, waits: WaitCounter | None = None) -> None:
+    def __init__(self, budget_seconds: float, waits: WaitCounter) -> None:
         self._lock = asyncio.Lock()
         self._owner: asyncio.Task[Any] | None = None
         self._depth = 0
         self.budget = budget_seconds
-        self.waits = waits or WaitCounter(max_waiters=1 << 30)
+        self.waits = waits
         self.deadline = 0.0
 
     async def acquire(self) -> None:
