@@ -11,7 +11,7 @@ from starlette.responses import Response
 from service.auth import database
 from service.db import is_database_unavailable
 from service.errors import Problem
-from service.metrics import exposition, observe_pool
+from service.metrics import exposition, observe_pool, observe_replicas
 from service.openapi import documented
 from service.responses import JSONResponse
 
@@ -47,6 +47,9 @@ async def ready(request: Request) -> Response:
 @documented(responses={200: "text/plain"})
 async def metrics(request: Request) -> Response:
     """Prometheus text exposition."""
-    observe_pool(*database(request).pool_stats())
+    db = database(request)
+    observe_pool(*db.pool_stats())
+    if db.replicas is not None:  # as this worker sees them now, not at its monitor's last look
+        observe_replicas(db.replicas.replicas)
     body, content_type = exposition()
     return Response(body, media_type=content_type)
