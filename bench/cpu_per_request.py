@@ -3,13 +3,15 @@
 Throughput on a shared 2-core machine drifts by tens of percent from one minute to the next;
 the CPU a request costs the app's process drifts much less, so this is the number to watch while
 optimising the hot path. Each app is called in-process (its lifespan run, then 32 callers at once
-sending POST /purchases or GET /posts?limit=20 straight to it), and `time.process_time()` over the
+sending POST /purchases, GET /posts?limit=20, or POST /purchases/batch of 1,000 rows, which the
+limit app has no route for, straight to it), and `time.process_time()` over the
 run - the main thread and any driver threads - is divided by the requests. Best of the rounds.
 
 Run from the repository root (after `make bench`, which installs what it needs):
 
     python bench/cpu_per_request.py --database postgresql --route posts
     python bench/cpu_per_request.py --database sqlite --route purchase --rounds 7
+    python bench/cpu_per_request.py --database sqlite --route batch --requests 64
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.bench.runner import fresh_database, seed_database  # noqa: E402 - after the path is set
-from service.bench.scenarios import Context, posts_request, purchase_request  # noqa: E402
+from service.bench.scenarios import Context, batch_request, posts_request, purchase_request  # noqa: E402
 from service.bench.sizes import SeedSize  # noqa: E402
 
 CALLERS = 32
@@ -39,7 +41,7 @@ App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 async def call(app: App, state: dict[str, Any], route: str, api_key: str, rng: random.Random) -> int:
     """One request of the bench's scenario straight into the app; its status."""
-    make = posts_request if route == "posts" else purchase_request
+    make = {"posts": posts_request, "purchase": purchase_request, "batch": batch_request}[route]
     method, target, payload, extra = make(rng, Context(api_key=api_key, token="", customer_ids=[]))
     body = payload or b""
     path, _, query = target.partition("?")
@@ -151,7 +153,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
-    parser.add_argument("--route", choices=["posts", "purchase"], default="posts")
+    parser.add_argument("--route", choices=["posts", "purchase", "batch"], default="posts")
     parser.add_argument("--requests", type=int, default=4000, help="requests a round (default 4000)")
     parser.add_argument("--rounds", type=int, default=5, help="measured rounds; the best is kept")
     parser.add_argument("--limit-app", default=str(ROOT.parent / "shared" / "bench" / "limit_app.py"))
@@ -170,7 +172,7 @@ def main() -> None:
         seed_database(url, SeedSize())  # the limit app's shape
         app, key = service_app(url)
         apps: dict[str, tuple[App, str]] = {"service": (app, key)}
-        if Path(options.limit_app).is_file():
+        if Path(options.limit_app).is_file() and options.route != "batch":  # it has no batch route
             apps["limit app"] = (limit_app(Path(options.limit_app), url), "")
         for name, (target, api_key) in apps.items():
             spent = asyncio.run(measure(target, options.route, api_key, options.requests, options.rounds))

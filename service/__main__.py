@@ -95,12 +95,44 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="then N requests of the mixed scenario, RSS compared after N/10 and N (0: skip; default 200000)",
     )
-    bench.add_argument("--output", default="bench-results", help="folder for bench.json and bench.png")
+    bench.add_argument(
+        "--output",
+        default="bench-results",
+        help="folder for bench.json and its charts (bench.png, sweep.png)",
+    )
     bench.add_argument(
         "--port", type=int, default=8911, help="the service's port (the limit app takes the next)"
     )
+    bench.add_argument(
+        "--sweep",
+        action="store_true",
+        help="each scenario at 1, 2, 4, ... up to --connections: the throughput-latency curve",
+    )
+    bench.add_argument(
+        "--target",
+        type=_http_url,
+        metavar="URL",
+        help="drive this running service instead of starting one (seeded through its API)",
+    )
+    bench.add_argument(
+        "--api-key",
+        default=os.environ.get("BENCH_API_KEY", ""),
+        help="with --target: the key purchases are sent with (BENCH_API_KEY; default: a user's token)",
+    )
     _add_size_options(bench)
+    actions = bench.add_subparsers(dest="action", metavar="ACTION")
+    compare = actions.add_parser(
+        "compare", help="each scenario's change between two bench.json files, against the rounds' spread"
+    )
+    compare.add_argument("old", help="bench.json of the run before")
+    compare.add_argument("new", help="bench.json of the run after")
     return parser
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text.rstrip("/")
 
 
 def serve(settings: Settings, host: str | None, port: int | None, workers: int | None) -> int:

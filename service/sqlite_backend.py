@@ -12,6 +12,13 @@ lock before they borrow a connection (`Database.transaction`, `Database.fetch_al
 one order, so no deadlock, and a writer waiting its turn holds none of the connections readers need
 (with it held first, half posts and half purchases went from 14% below its parts' pace to 6% above).
 
+Checkpoints: SQLite copies its write-ahead log back into the database file in the COMMIT that
+takes the log past 1,000 pages, while that writer holds the write lock and every writer queued
+behind it waits (29% of the connection thread's time under batches of 1,000 purchases). Here a
+`Checkpointer` does it beside them, from a thread and a connection of its own, twice a second, in
+PASSIVE mode (it never waits for readers or writers); the automatic checkpoint stays as a backstop
+at 10,000 pages, for when it falls behind.
+
 Limits (`DatabaseLimits`): a writer's whole wait for the write lock - its place in this process's
 queue, then the busy timeout for other processes, set to what is left before BEGIN IMMEDIATE - is
 DB_LOCK_TIMEOUT_MS, however many writers queue ahead of it; a wait for a connection is
@@ -21,6 +28,8 @@ DB_POOL_TIMEOUT_MS; a statement that runs past DB_STATEMENT_TIMEOUT_MS is interr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 import uuid
 from collections import deque
@@ -41,6 +50,7 @@ from service.queries import bound
 from service.timestamps import to_text
 
 T = TypeVar("T")
+log = logging.getLogger("service.sqlite")
 
 
 def sqlite_path(url: str) -> str:
@@ -137,6 +147,44 @@ class _StatementClock:
         return monotonic() > self.deadline
 
 
+CHECKPOINT_INTERVAL_SECONDS = 0.5
+AUTOCHECKPOINT_BACKSTOP_PAGES = 10_000
+
+
+class Checkpointer:
+    """PASSIVE checkpoints of the database's WAL every CHECKPOINT_INTERVAL_SECONDS, off the write path."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        # Asked, not cancelled: a checkpoint under way in its thread finishes before the connection closes.
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        connection = await asyncio.to_thread(
+            sqlite3.connect, self.path, isolation_level=None, check_same_thread=False
+        )
+        try:
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), CHECKPOINT_INTERVAL_SECONDS)
+                    break
+                try:
+                    await asyncio.to_thread(connection.execute, "PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error as exc:  # busy with another process's checkpoint, say: next time
+                    log.debug("checkpoint skipped: %s", exc)
+        finally:
+            await asyncio.to_thread(connection.close)
+
+
 def _give_up(waiter: asyncio.Future[Any], reason: str) -> None:
     if not waiter.done():
         waiter.set_exception(LimitReached(reason))
@@ -156,6 +204,7 @@ class SQLitePool:
         self._idle: deque[aiosqlite.Connection] = deque()
         self._opened = 0
         self._waiters: deque[asyncio.Future[aiosqlite.Connection]] = deque()
+        self.checkpointer = Checkpointer(path)
 
     @property
     def size(self) -> int:
@@ -168,6 +217,7 @@ class SQLitePool:
     async def open(self) -> None:
         for _ in range(self.min_size):
             self._idle.append(await self._connect())
+        self.checkpointer.start()
 
     async def _connect(self) -> aiosqlite.Connection:
         self._opened += 1
@@ -178,6 +228,7 @@ class SQLitePool:
             await connection.execute("PRAGMA foreign_keys = ON")
             # WAL makes NORMAL safe from corruption; a power cut may lose the last commits, not the file.
             await connection.execute("PRAGMA synchronous = NORMAL")
+            await connection.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_BACKSTOP_PAGES}")
             clock = _StatementClock(self.limits.statement_timeout_ms / 1000, self.limits.lock_timeout_ms)
             raw = connection._conn
             await connection._execute(lambda: raw.set_progress_handler(clock.expired, _STEPS_BETWEEN_CHECKS))  # type: ignore[no-untyped-call]
@@ -218,6 +269,7 @@ class SQLitePool:
         self._idle.append(connection)
 
     async def close(self) -> None:
+        await self.checkpointer.stop()
         while self._idle:
             connection = self._idle.pop()
             self.clocks.pop(connection, None)

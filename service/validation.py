@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Any
 
 import orjson
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, missing, validate
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 
@@ -84,6 +84,89 @@ def load(schema: Schema, data: Any) -> Any:
         return schema.load(data)
     except ValidationError as exc:
         raise ValidationProblem(flatten_errors(exc.messages)) from None
+
+
+class FastLoader:
+    """`schema.load` for input that is valid, several times faster on long lists of rows.
+
+    The schema stays the one definition of what is valid: every value still goes through its
+    field's own `deserialize` (type check, conversion, validators), but each distinct value once
+    per call (a batch repeats its items and prices), and without the schema machinery around it
+    (error stores, hooks, per-field bookkeeping). Anything this cannot vouch for (a missing or
+    unknown key, a wrong type, a value its field refuses) makes `load` return None: the caller then
+    runs `schema.load`, whose errors are the answer. Only what it can mirror exactly is accepted at
+    construction: no hooks, unknown keys refused, fields that are plain, Nested or List of Nested.
+    """
+
+    def __init__(self, schema: Schema) -> None:
+        if any(schema._hooks.values()) or schema.unknown != RAISE or schema.many:
+            raise TypeError(f"{type(schema).__name__} has hooks or options FastLoader cannot mirror")
+        self.schema = schema
+        self.fields = []
+        for name, field in schema.load_fields.items():
+            inner = None
+            if isinstance(field, fields.Nested):
+                inner = FastLoader(field.schema)
+            elif isinstance(field, fields.List) and isinstance(field.inner, fields.Nested):
+                inner = FastLoader(field.inner.schema)
+            self.fields.append((field.data_key or name, field.attribute or name, field, inner))
+        self.keys = frozenset(key for key, _, _, _ in self.fields)
+
+    def load(self, data: Any) -> dict[str, Any] | None:
+        try:
+            return self._load(data, {})
+        except (ValidationError, _NotVouched):
+            return None
+
+    def _load(self, data: Any, seen: dict[Any, Any]) -> dict[str, Any]:
+        if type(data) is not dict or not self.keys.issuperset(data):
+            raise _NotVouched
+        loaded: dict[str, Any] = {}
+        for key, attribute, field, inner in self.fields:
+            try:
+                value = data[key]
+            except KeyError:
+                if field.required:
+                    raise _NotVouched from None
+                default = field.load_default
+                if default is not missing:
+                    loaded[attribute] = default() if callable(default) else default
+                continue
+            if inner is not None:
+                loaded[attribute] = self._load_inner(field, inner, value, seen)
+                continue
+            # Fields are pure functions of their value: one call per distinct value. A string is
+            # its own key; anything else is keyed with its type, so that True, 1 and 1.0 stay apart.
+            memo = (field, value) if type(value) is str else (field, type(value), value)
+            try:
+                loaded[attribute] = seen[memo]
+            except KeyError:
+                loaded[attribute] = seen[memo] = field.deserialize(value)
+            except TypeError:  # unhashable: a list or an object where a scalar belongs
+                loaded[attribute] = field.deserialize(value)
+        return loaded
+
+    @staticmethod
+    def _load_inner(field: fields.Field[Any], inner: FastLoader, value: Any, seen: dict[Any, Any]) -> Any:
+        if isinstance(field, fields.Nested):
+            if value is None:
+                return field.deserialize(value)  # the field's own answer to null
+            return inner._load(value, seen)
+        if type(value) is not list:
+            raise _NotVouched
+        for validator in field.validators:
+            validator(value)
+        return [inner._load(item, seen) for item in value]
+
+
+class _NotVouched(Exception):
+    """The fast path cannot tell; the schema decides."""
+
+
+def fast_load(loader: FastLoader, data: Any) -> Any:
+    """What `load(loader.schema, data)` returns, by the fast path when it can vouch for the data."""
+    loaded = loader.load(data)
+    return load(loader.schema, data) if loaded is None else loaded
 
 
 async def read_valid_json(request: Request, schema: Schema) -> Any:

@@ -33,28 +33,35 @@ SELECT purchase.*,
        customer.revision
 FROM customer, purchase
 
--- name: upsert_customers
--- Insert or update every customer of a batch, given as a JSON array of {email, name} with no
--- email twice; one row back per customer, revision 1 for those inserted. Rows are locked in
--- email order, so two batches sharing customers wait for each other instead of deadlocking.
-INSERT INTO customers (email, name, created_at, updated_at)
-SELECT r.email, r.name, :now::timestamptz, :now::timestamptz
-FROM json_to_recordset(:customers::json) AS r(email text, name text)
-ORDER BY r.email
-ON CONFLICT (email) DO UPDATE
-SET name = excluded.name,
-    updated_at = GREATEST(customers.updated_at, excluded.updated_at),
-    revision = customers.revision + 1
-RETURNING id, email, revision
-
--- name: insert_purchases
--- Append every purchase of a batch, given as a JSON array in batch order (n); ids rise in that order.
-INSERT INTO purchases
-    (customer_id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by, created_at)
-SELECT r.customer_id, r.item, r.quantity, r.unit_price_cents, r.total_cents, r.purchased_at,
-       :captured_by, :now::timestamptz
-FROM json_to_recordset(:purchases::json) AS r(
-    n int, customer_id bigint, item text, quantity int, unit_price_cents bigint, total_cents bigint,
-    purchased_at timestamptz)
-ORDER BY r.n
-RETURNING id
+-- name: record_batch
+-- A whole batch in one statement (one round trip, atomic): upsert its customers, given as arrays
+-- of emails (sorted, no email twice) and names, then append its purchases, given as arrays in
+-- batch order, each naming its customer by email. Rows are locked in email order, so two batches
+-- sharing customers wait for each other instead of deadlocking; ids rise in batch order.
+-- Arrays, not JSON: asyncpg sends them in binary, and the server has nothing to parse.
+WITH customer AS (
+    INSERT INTO customers (email, name, created_at, updated_at)
+    SELECT r.email, r.name, :now, :now
+    FROM unnest(CAST(:emails AS text[]), CAST(:names AS text[])) AS r(email, name)
+    ORDER BY r.email
+    ON CONFLICT (email) DO UPDATE
+    SET name = excluded.name,
+        updated_at = GREATEST(customers.updated_at, excluded.updated_at),
+        revision = customers.revision + 1
+    RETURNING id, email, revision
+), purchase AS (
+    INSERT INTO purchases
+        (customer_id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by, created_at)
+    SELECT customer.id, r.item, r.quantity, r.unit_price_cents, r.quantity * r.unit_price_cents,
+           COALESCE(r.purchased_at, :now), :captured_by, :now
+    FROM unnest(
+        CAST(:purchase_emails AS text[]), CAST(:items AS text[]), CAST(:quantities AS bigint[]),
+        CAST(:unit_prices_cents AS bigint[]), CAST(:purchased_ats AS timestamptz[])
+    ) WITH ORDINALITY AS r(email, item, quantity, unit_price_cents, purchased_at, n)
+    JOIN customer ON customer.email = r.email
+    ORDER BY r.n
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM customer WHERE revision = 1) AS customers_created,
+       (SELECT count(*) FROM customer WHERE revision > 1) AS customers_updated,
+       (SELECT array_agg(id ORDER BY id) FROM purchase) AS ids

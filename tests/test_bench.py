@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import io
 import json
 import os
 import random
@@ -10,14 +12,17 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.bench.load import Run, builtin_load, parse_wrk, wrk_load, wrk_script
+from service.bench.progress import Progress
+from service.bench.runner import sweep_steps
 from service.bench.scenarios import Context, posts_request, purchase_request
-from tests.conftest import free_port
+from tests.conftest import free_port, table_counts
 
 pytestmark = pytest.mark.slow
 
@@ -104,3 +109,131 @@ def test_the_bench_command_drives_every_scenario_and_checks_memory(
     assert memory["late_requests"] >= 3000
     assert all(rss > 10 for rss in memory["early_rss_mib"] + memory["late_rss_mib"])
     assert f"{backend:10} memory: worker RSS" in done.stdout
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "bench", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+SMALL_SEED = ("--users", "40", "--posts", "200", "--likes", "300", "--reposts", "50", "--comments", "100")
+
+
+def test_a_sweep_measures_each_step_of_connections(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    args = [
+        *("--database", backend, "--generator", "builtin", "--seconds", "1", "--memory", "0"),
+        *("--scenario", "posts", "--scenario", "purchase", "--sweep", "--connections", "6"),
+        *("--port", str(free_port()), "--limit-app", str(tmp_path / "absent.py"), "--output", str(tmp_path)),
+        *SMALL_SEED,
+    ]
+    if backend == "postgresql":
+        request.getfixturevalue("postgres_database")
+        args += ["--postgres-url", os.environ["TEST_DATABASE_URL"]]
+    done = run_bench(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["scenarios"] == []
+    sweeps = {sweep["scenario"]: sweep for sweep in report["sweeps"]}
+    assert set(sweeps) == {"posts", "purchase"}
+    for sweep in sweeps.values():
+        assert [step["connections"] for step in sweep["steps"]] == [1, 2, 4, 6]
+        for step in sweep["steps"]:
+            assert step["service"]["requests"] > 0 and step["service"]["non_2xx"] == 0, step
+            assert step["limit"] is None  # no limit app in this run
+        assert sweep["knee"] in (1, 2, 4, 6)
+    assert "knee at" in done.stdout
+    # Piped, the run prints its report and nothing else: no progress lines.
+    assert "left]" not in done.stdout + done.stderr
+    if importlib.util.find_spec("matplotlib"):
+        assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_a_running_service_is_driven_through_its_api(
+    live_service: Callable[..., Any], tmp_path: Path, database_url: str
+) -> None:
+    scenarios = ("purchase", "batch", "posts", "feed", "summary")
+    with live_service() as base:
+        done = run_bench(
+            *("--target", base, "--generator", "builtin", "--seconds", "1", "--rounds", "1"),
+            *("--memory", "0", "--connections", "4", "--output", str(tmp_path)),
+            *(arg for name in scenarios for arg in ("--scenario", name)),
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    results = {row["scenario"]: row for row in report["scenarios"]}
+    assert set(results) == set(scenarios)
+    for row in results.values():
+        assert row["database"] == "target"
+        assert row["service"]["requests"] > 0 and row["service"]["non_2xx"] == 0, row
+    # What the scenarios needed was made through the API: users, posts, follows, purchases.
+    counts = table_counts(database_url)
+    assert counts["users"] == 11 and counts["posts"] >= 100 and counts["follows"] == 10
+    assert counts["customers"] > 1000 and counts["purchases"] >= 10_000
+
+
+def test_a_target_that_is_not_http_is_refused() -> None:
+    done = run_bench("--target", "file:///etc/passwd")
+    assert done.returncode == 2 and "is not an http:// or https:// URL" in done.stderr
+
+
+def bench_file(path: Path, service: list[float], limit: list[float] | None = None) -> Path:
+    def run(rate: float) -> dict[str, Any]:
+        return {
+            **asdict(Run(rate, 5.0, 8.0, 10.0 + rate / 1000, 20.0, 0, 0, int(rate))),
+            "requests": int(rate),
+        }
+
+    rounds = [
+        {"service": run(rate), **({"limit": run(limit[n])} if limit else {})}
+        for n, rate in enumerate(service)
+    ]
+    entry = {"database": "sqlite", "scenario": "purchase", "title": "POST /purchases", "rounds": rounds}
+    path.write_text(json.dumps({"scenarios": [entry], "sweeps": [], "memory": []}))
+    return path
+
+
+def test_compare_tells_a_change_from_the_noise(tmp_path: Path) -> None:
+    old = bench_file(tmp_path / "old.json", [1000, 1040, 980], limit=[2000, 2000, 2000])
+    faster = bench_file(tmp_path / "faster.json", [1200, 1150, 1230], limit=[2000, 2000, 2000])
+    noisy = bench_file(tmp_path / "noisy.json", [1100, 990, 1030], limit=[2000, 2000, 2000])
+    done = run_bench("compare", str(old), str(faster))
+    assert done.returncode == 0, done.stderr
+    req_line = next(line for line in done.stdout.splitlines() if "req/s:" in line)
+    assert "+20.0%" in req_line and "beyond the noise" in req_line
+    assert "1,000 [980..1,040]" in req_line and "1,200 [1,150..1,230]" in req_line
+    assert any("ratio:" in line and "beyond the noise" in line for line in done.stdout.splitlines())
+    done = run_bench("compare", str(old), str(noisy))
+    req_line = next(line for line in done.stdout.splitlines() if "req/s:" in line)
+    assert "+3.0%" in req_line and "within the noise" in req_line
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"scenarios": [], "sweeps": [], "memory": []}))
+    refused = run_bench("compare", str(old), str(other))
+    assert refused.returncode == 2 and "no scenario on the same database in common" in refused.stderr
+
+
+def test_progress_shows_on_a_terminal_and_stays_quiet_in_a_pipe() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        progress = Progress(100, stream)
+        progress.step("sqlite purchase: round 1/3, service", 40)
+        progress.step("sqlite purchase: round 1/3, limit", 40)
+        progress.note("sqlite     purchase  1234 ...")
+        progress.done()
+    shown = terminal.getvalue()
+    assert "about 1m40s of load left] sqlite purchase: round 1/3, service" in shown
+    assert "about 1m00s of load left] sqlite purchase: round 1/3, limit" in shown
+    assert "sqlite     purchase  1234 ...\n" in shown
+    assert pipe.getvalue() == ""
+
+
+def test_sweep_steps_double_up_to_the_bound() -> None:
+    assert sweep_steps(32) == [1, 2, 4, 8, 16, 32]
+    assert sweep_steps(48) == [1, 2, 4, 8, 16, 32, 48]
+    assert sweep_steps(1) == [1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from service.config import Settings, load_settings
 from service.db import open_database
 from service.migrations.schema import prepare_schema
 from service.queries import load_queries, parse_statements, sql_directory
+from service.sqlite_backend import AUTOCHECKPOINT_BACKSTOP_PAGES, CHECKPOINT_INTERVAL_SECONDS
 from service.tables import metadata
 from service.timestamps import utc_now
 
@@ -107,6 +109,39 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_setti
             await db.disconnect()
 
     assert asyncio.run(pragmas()) == ("wal", 1, settings.db_lock_timeout_ms)
+
+
+def test_sqlite_checkpoints_run_beside_the_writers(sqlite_settings: Settings) -> None:
+    """Committed pages reach the database file within a second or so, though they are far fewer
+    than the automatic checkpoint's 10,000 pages: the Checkpointer copied them, not a COMMIT."""
+    settings = sqlite_settings
+    path = settings.database_url.split(":///", 1)[1]
+
+    async def write_then_watch() -> tuple[int, int, list[int]]:
+        prepare_schema(settings.schema_database_url)
+        db = open_database(settings)
+        await db.connect()
+        try:
+            assert (await db.fetch_one("PRAGMA wal_autocheckpoint"))[0] == AUTOCHECKPOINT_BACKSTOP_PAGES
+            await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS * 2)  # the schema's pages are in by now
+            before = os.stat(path).st_size
+            for n in range(200):
+                await db.execute(
+                    "INSERT INTO customers (email, name, created_at, updated_at) VALUES (:e, :n, :t, :t)",
+                    {"e": f"c{n}@example.com", "n": "x" * 500, "t": utc_now()},
+                )
+            right_after = os.stat(path).st_size
+            sizes = []
+            for _ in range(10):
+                await asyncio.sleep(CHECKPOINT_INTERVAL_SECONDS / 2)
+                sizes.append(os.stat(path).st_size)  # a cheap syscall: no thread needed
+            return before, right_after, sizes
+        finally:
+            await db.disconnect()
+
+    before, right_after, sizes = asyncio.run(write_then_watch())
+    assert right_after == before  # committed to the WAL only
+    assert sizes[-1] >= before + 200 * 500  # then copied into the file, off the write path
 
 
 def test_concurrent_transactions_all_commit(settings: Settings) -> None:

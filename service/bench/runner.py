@@ -5,14 +5,14 @@ scenarios it has too - `../shared/bench/limit_app.py` on the same database, then
 scenario with the same load: wrk when it is installed, a built-in asyncio generator otherwise.
 Rounds alternate between the service and the limit app (who goes first alternates too), so drift
 on a shared machine hits both; medians are reported, and the ratio is the median of the rounds'.
-Output: a table, the same as JSON, and a PNG chart (with matplotlib).
+`--sweep` drives each scenario at 1, 2, 4, ... connections instead; `--target URL` drives a service
+that is already running, seeded through its API. The report is in report.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import os
 import random
@@ -25,36 +25,22 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from service.bench.load import Run, builtin_load, wrk_load, wrk_script
-from service.bench.scenarios import SCENARIOS, Context, Scenario, batch_request
+from service.bench.progress import Progress
+from service.bench.report import Memory, Result, Step, Sweep, compare, memory_line, print_report, write_report
+from service.bench.scenarios import SCENARIOS, Context, Scenario
+from service.bench.target import record_customers, seed_through_api, sign_in
 
 # Before a scenario's rounds each server gets this much of its load, unmeasured: pools fill,
 # statements are prepared, caches warm.
 WARM_UP_SECONDS = 2
 MEMORY_RUN_SECONDS = 10
 MEMORY_LIMIT = 0.10  # a worker's RSS may grow this much between the early and the late sample
-
-
-# Orchestration: databases, servers, rounds.
-
-
-@dataclass
-class Result:
-    database: str
-    scenario: str
-    title: str
-    workers: int
-    service: Run
-    rows_per_second: float
-    limit: Run | None = None
-    ratio: float | None = None
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+SWEEP_START = 1
 
 
 def _median_run(runs: list[Run]) -> Run:
@@ -78,6 +64,17 @@ def _median_ratio(service: list[Run], limit: list[Run]) -> float:
     a shared machine cancels out within a round better than between two medians."""
     ratios = [s.requests_per_second / lim.requests_per_second for s, lim in zip(service, limit, strict=True)]
     return float(statistics.median(ratios))
+
+
+def sweep_steps(bound: int) -> list[int]:
+    """1, 2, 4, ... up to `bound`, which is always the last step."""
+    steps = [SWEEP_START]
+    while steps[-1] * 2 < bound:
+        steps.append(steps[-1] * 2)
+    return [*steps, bound] if bound > steps[-1] else steps
+
+
+# Databases and servers.
 
 
 @contextlib.contextmanager
@@ -118,12 +115,6 @@ def server(args: list[str], env: dict[str, str], probe: str, cwd: Path) -> Itera
         process.wait(timeout=30)
 
 
-def _post_json(url: str, body: Any, headers: dict[str, str]) -> Any:
-    request = urllib.request.Request(url, orjson.dumps(body), {"Content-Type": "application/json", **headers})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read() or b"null")
-
-
 def seed_database(url: str, size: Any) -> str:
     """Seed the social data set; the username of the seeded user who follows the most others."""
     from dataclasses import replace
@@ -148,7 +139,7 @@ def seed_database(url: str, size: Any) -> str:
 
 
 def prepare(base: str, env: dict[str, str], root: Path, reader: str, say: Callable[[str], None]) -> Context:
-    """An API key, the reader signed in, and 5,000 customers with purchases (for the summary)."""
+    """An API key (made with the CLI), the seeded reader signed in, and the summary's customers."""
     from service.seed import SEED_PASSWORD
 
     key = subprocess.run(
@@ -159,38 +150,29 @@ def prepare(base: str, env: dict[str, str], root: Path, reader: str, say: Callab
         text=True,
         check=True,
     ).stdout.strip()
-    token = _post_json(f"{base}/auth/login", {"username": reader, "password": SEED_PASSWORD}, {})[
-        "access_token"
-    ]
-    ctx = Context(api_key=key, token=token, customer_ids=[])
-    say("  recording 10,000 purchases for up to 5,000 customers (for the summary scenario)")
-    rng = random.Random(7)
-    for _ in range(10):
-        _, path, body, headers = batch_request(rng, ctx)
-        _post_json(f"{base}{path}", orjson.loads(body or b"{}"), headers)
-    # The summary scenario draws among the first thousand customers that exist.
-    cursor = ""
-    while len(ctx.customer_ids) < 1000:
-        request = urllib.request.Request(
-            f"{base}/customers?limit=100&cursor={cursor}", headers={"X-API-Key": key}
-        )
-        with urllib.request.urlopen(request) as response:
-            page = json.loads(response.read())
-        ctx.customer_ids += [customer["id"] for customer in page["items"]]
-        if not (cursor := page["next_cursor"] or ""):
-            break
+    ctx = Context(api_key=key, token=sign_in(base, reader, SEED_PASSWORD), customer_ids=[])
+    record_customers(base, ctx, say)
     return ctx
 
 
+# Load.
+
+
 def _drive(
-    url: str, scenario: Scenario, ctx: Context, options: Any, folder: Path, seconds: int | None = None
+    url: str,
+    scenario: Scenario,
+    ctx: Context,
+    options: Any,
+    folder: Path,
+    seconds: int | None = None,
+    connections: int | None = None,
 ) -> Run:
-    connections = scenario.connections or options.connections
+    connections = connections or scenario.connections or options.connections
     seconds = seconds or options.seconds
     rng = random.Random(secrets.randbits(32))
     if options.generator == "wrk":
         reference = Path(options.limit_app).parent / "purchases.lua"
-        if scenario.name == "purchase" and reference.is_file():
+        if scenario.name == "purchase" and reference.is_file() and ctx.api_key:
             # The reference load itself: 5,000 emails, about half the requests new customers.
             os.environ["API_KEY"] = ctx.api_key
             return wrk_load(url, reference, seconds, connections)
@@ -199,27 +181,85 @@ def _drive(
     return asyncio.run(builtin_load(url, lambda: scenario.make(rng, ctx), seconds, connections))
 
 
-@dataclass
-class Memory:
-    """Each worker's resident memory after the first tenth of the requests and after all of them."""
-
-    database: str
-    workers: int
-    early_requests: int
-    early_rss_mib: list[float]
-    late_requests: int
-    late_rss_mib: list[float]
-    samples: list[tuple[int, list[float]]] = field(default_factory=list)
-
-    @property
-    def growth(self) -> float:
-        """The largest growth of any worker, as a fraction of its early RSS."""
-        pairs = zip(self.early_rss_mib, self.late_rss_mib, strict=True)
-        return max(late / early - 1 for early, late in pairs)
+def warm_up(
+    targets: dict[str, str], scenario: Scenario, ctx: Context, options: Any, folder: Path, progress: Progress
+) -> None:
+    seconds = min(WARM_UP_SECONDS, options.seconds)
+    for target, url in targets.items():
+        progress.step(f"{scenario.name}: warming up the {target} ({seconds} s, not counted)", seconds)
+        _drive(url, scenario, ctx, options, folder, seconds)
 
 
-def _mib(rss: list[float]) -> str:
-    return ", ".join(f"{r:.1f}" for r in rss)
+def measure_rounds(
+    database: str,
+    targets: dict[str, str],
+    scenario: Scenario,
+    ctx: Context,
+    options: Any,
+    folder: Path,
+    progress: Progress,
+) -> Result:
+    """Alternating rounds against each target ("service", and "limit" when it serves the scenario)."""
+    warm_up(targets, scenario, ctx, options, folder, progress)
+    runs: dict[str, list[Run]] = {target: [] for target in targets}
+    for round_number in range(1, options.rounds + 1):
+        # Who goes first alternates (service-limit, limit-service, ...): a machine that speeds up or
+        # slows down over the rounds favours neither.
+        order = list(targets.items())
+        for target, url in order if round_number % 2 else order[::-1]:
+            progress.step(
+                f"{database} {scenario.name}: round {round_number}/{options.rounds}, {target}",
+                options.seconds,
+            )
+            runs[target].append(_drive(url, scenario, ctx, options, folder))
+    service = _median_run(runs["service"])
+    limit = _median_run(runs["limit"]) if "limit" in runs else None
+    return Result(
+        database=database,
+        scenario=scenario.name,
+        title=scenario.title,
+        workers=options.workers,
+        service=service,
+        rows_per_second=service.requests_per_second * scenario.rows_per_request,
+        limit=limit,
+        ratio=_median_ratio(runs["service"], runs["limit"]) if limit else None,
+        rounds=[
+            {target: asdict(run) for target, run in zip(runs, pair, strict=True)}
+            for pair in zip(*runs.values(), strict=True)
+        ],
+    )
+
+
+def sweep(
+    database: str,
+    targets: dict[str, str],
+    scenario: Scenario,
+    ctx: Context,
+    options: Any,
+    folder: Path,
+    progress: Progress,
+) -> Sweep:
+    """The scenario at each step of connections, each target once a step (in alternating order)."""
+    warm_up(targets, scenario, ctx, options, folder, progress)
+    result = Sweep(database, scenario.name, scenario.title, options.workers, options.seconds)
+    for number, connections in enumerate(sweep_steps(options.connections)):
+        runs: dict[str, Run] = {}
+        order = list(targets.items())
+        for target, url in order if number % 2 == 0 else order[::-1]:
+            progress.step(f"{database} {scenario.name}: {connections} connections, {target}", options.seconds)
+            runs[target] = _drive(url, scenario, ctx, options, folder, connections=connections)
+        result.steps.append(Step(connections, runs["service"], runs.get("limit")))
+    return result
+
+
+def planned_seconds(options: Any, targets_of: Callable[[Scenario], int]) -> float:
+    """Seconds of load one database's scenarios will take (not the seeding, not the memory check)."""
+    runs = len(sweep_steps(options.connections)) if options.sweep else options.rounds
+    per_target = min(WARM_UP_SECONDS, options.seconds) + runs * options.seconds
+    return float(sum(per_target * targets_of(SCENARIOS[name]) for name in options.scenario))
+
+
+# Memory.
 
 
 def _rss_mib(pid: int) -> float:
@@ -236,7 +276,7 @@ def _worker_pids(pid: int) -> list[int]:
 
 
 def measure_memory(
-    kind: str, url: str, pid: int, ctx: Context, options: Any, folder: Path, say: Callable[[str], None]
+    kind: str, url: str, pid: int, ctx: Context, options: Any, folder: Path, progress: Progress
 ) -> Memory:
     """Drive the mixed scenario for `options.memory` requests; RSS after a tenth of them and at the end."""
     scenario, total, early_mark = SCENARIOS["mixed"], options.memory, options.memory // 10
@@ -246,6 +286,7 @@ def measure_memory(
         # Short runs until the early mark, so that sample lands close to it; then no longer than
         # the requests still to go need.
         seconds = 1 if early is None else max(1, min(MEMORY_RUN_SECONDS, math.ceil((total - done) / rate)))
+        progress.step(f"{kind} memory check: {done:,} of {total:,} requests of the mixed scenario")
         run = _drive(url, scenario, ctx, options, folder, seconds)
         rate = max(run.requests_per_second, 1.0)
         if run.non_2xx or run.errors:
@@ -255,20 +296,60 @@ def measure_memory(
         samples.append((done, rss))
         if early is None and done >= early_mark:
             early = (done, rss)
-            say(f"  memory: {done:,} requests, worker RSS {_mib(rss)} MiB")
     assert early is not None
-    say(f"  memory: {done:,} requests, worker RSS {_mib(rss)} MiB")
     return Memory(kind, len(workers), early[0], early[1], done, rss, samples)
 
 
-def bench_database(
-    kind: str, options: Any, root: Path, say: Callable[[str], None]
-) -> tuple[list[Result], Memory | None]:
-    results: list[Result] = []
-    memory = None
+# The runs.
+
+
+class Outcome:
+    """Everything measured, in the order it was."""
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+        self.sweeps: list[Sweep] = []
+        self.memories: list[Memory] = []
+
+
+def drive_scenarios(
+    database: str,
+    targets_of: Callable[[Scenario], dict[str, str]],
+    ctx: Context,
+    options: Any,
+    folder: Path,
+    progress: Progress,
+    outcome: Outcome,
+) -> None:
+    from service.bench.report import row, sweep_rows
+
+    for name in options.scenario:
+        scenario = SCENARIOS[name]
+        targets = targets_of(scenario)
+        if options.sweep:
+            outcome.sweeps.append(sweep(database, targets, scenario, ctx, options, folder, progress))
+            for line in sweep_rows(outcome.sweeps[-1]):
+                progress.note(line)
+        else:
+            outcome.results.append(
+                measure_rounds(database, targets, scenario, ctx, options, folder, progress)
+            )
+            progress.note(row(outcome.results[-1]))
+
+
+def bench_database(kind: str, options: Any, root: Path, progress: Progress, outcome: Outcome) -> None:
     service_port, limit_port = options.port, options.port + 1
+    service_url, limit_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{limit_port}"
+    limit_app = Path(options.limit_app)
+    compare_with_limit = limit_app.is_file() and any(SCENARIOS[name].compared for name in options.scenario)
+
+    def targets_of(scenario: Scenario) -> dict[str, str]:
+        if compare_with_limit and scenario.compared:
+            return {"service": service_url, "limit": limit_url}
+        return {"service": service_url}
+
     with fresh_database(kind, options.postgres_url) as url, tempfile.TemporaryDirectory() as folder:
-        say(f"{kind}: seeding {options.users} users, {options.posts} posts, {options.likes} likes ...")
+        progress.step(f"{kind}: seeding {options.users} users, {options.posts} posts, {options.likes} likes")
         reader = seed_database(url, _size(options))
         env = {
             **os.environ,
@@ -281,82 +362,38 @@ def bench_database(
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         service_args = [sys.executable, "-m", "service", "--port", str(service_port)]
-        limit_app = Path(options.limit_app)
-        compare = limit_app.is_file() and any(SCENARIOS[name].compared for name in options.scenario)
         limit_args = [
             sys.executable,
-            "-m",
-            "uvicorn",
-            "limit_app:app",
-            "--port",
-            str(limit_port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
+            *("-m", "uvicorn", "limit_app:app", "--port", str(limit_port), "--no-access-log"),
+            *("--log-level", "warning", "--loop", "uvloop", "--http", "httptools"),
         ]
         with contextlib.ExitStack() as stack:
-            service_process = stack.enter_context(
-                server(service_args, env, f"http://127.0.0.1:{service_port}/health", root)
+            progress.step(
+                f"{kind}: starting the service" + (" and the limit app" if compare_with_limit else "")
             )
-            if compare:
-                stack.enter_context(
-                    server(limit_args, env, f"http://127.0.0.1:{limit_port}/posts?limit=1", limit_app.parent)
-                )
-            ctx = prepare(f"http://127.0.0.1:{service_port}", env, root, reader, say)
-            for name in options.scenario:
-                scenario = SCENARIOS[name]
-                targets = {"service": service_port}
-                if compare and scenario.compared:
-                    targets["limit"] = limit_port
-                runs: dict[str, list[Run]] = {target: [] for target in targets}
-                warm_up = min(WARM_UP_SECONDS, options.seconds)
-                say(f"  {name}: warming up ({warm_up} s each, not counted)")
-                for port in targets.values():
-                    _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder), warm_up)
-                for round_number in range(1, options.rounds + 1):
-                    # Who goes first alternates (service-limit, limit-service, ...): a machine that
-                    # speeds up or slows down over the rounds favours neither.
-                    order = list(targets.items())
-                    for target, port in order if round_number % 2 else order[::-1]:
-                        say(f"  {name}: round {round_number}/{options.rounds}, {target} ...")
-                        runs[target].append(
-                            _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder))
-                        )
-                service = _median_run(runs["service"])
-                limit = _median_run(runs["limit"]) if "limit" in runs else None
-                results.append(
-                    Result(
-                        database=kind,
-                        scenario=name,
-                        title=scenario.title,
-                        workers=options.workers,
-                        service=service,
-                        rows_per_second=service.requests_per_second * scenario.rows_per_request,
-                        limit=limit,
-                        ratio=_median_ratio(runs["service"], runs["limit"]) if limit else None,
-                        rounds=[
-                            {target: asdict(run) for target, run in zip(runs, pair, strict=True)}
-                            for pair in zip(*runs.values(), strict=True)
-                        ],
+            service_process = stack.enter_context(server(service_args, env, f"{service_url}/health", root))
+            if compare_with_limit:
+                stack.enter_context(server(limit_args, env, f"{limit_url}/posts?limit=1", limit_app.parent))
+            ctx = prepare(service_url, env, root, reader, lambda line: progress.step(f"{kind}: {line}"))
+            drive_scenarios(kind, targets_of, ctx, options, Path(folder), progress, outcome)
+            if options.memory:
+                outcome.memories.append(
+                    measure_memory(
+                        kind, service_url, service_process.pid, ctx, options, Path(folder), progress
                     )
                 )
-                say("  " + _row(results[-1]))
-            if options.memory:
-                say(f"  memory: {options.memory:,} requests of the mixed scenario ...")
-                memory = measure_memory(
-                    kind,
-                    f"http://127.0.0.1:{service_port}",
-                    service_process.pid,
-                    ctx,
-                    options,
-                    Path(folder),
-                    say,
-                )
-    return results, memory
+                progress.note(memory_line(outcome.memories[-1]))
+
+
+def bench_target(options: Any, progress: Progress, outcome: Outcome) -> None:
+    """Drive a running service: no database of our own, no limit app, no memory check (its
+    processes are elsewhere)."""
+    base = options.target.rstrip("/")
+    ctx = seed_through_api(base, options.api_key or "", lambda line: progress.step(f"target: {line}"))
+    with tempfile.TemporaryDirectory() as folder:
+        drive_scenarios(
+            "target", lambda scenario: {"service": base}, ctx, options, Path(folder), progress, outcome
+        )
 
 
 def _size(options: Any) -> Any:
@@ -372,105 +409,55 @@ def _size(options: Any) -> Any:
     )
 
 
-HEADER = (
-    f"{'database':10} {'scenario':9} {'req/s':>8} {'rows/s':>9} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>8}"
-    f" {'non-2xx':>7} {'limit req/s':>11} {'ratio':>6}"
-)
-
-
-def _row(r: Result) -> str:
-    s = r.service
-    limit = f"{r.limit.requests_per_second:11.0f}" if r.limit else f"{'-':>11}"
-    ratio = f"{r.ratio:6.2f}" if r.ratio is not None else f"{'-':>6}"
-    return (
-        f"{r.database:10} {r.scenario:9} {s.requests_per_second:8.0f} {r.rows_per_second:9.0f}"
-        f" {s.p50_ms:7.2f} {s.p90_ms:7.2f} {s.p99_ms:7.2f} {s.max_ms:8.1f} {s.non_2xx + s.errors:7d}"
-        f" {limit} {ratio}"
-    )
-
-
-def chart(results: list[Result], path: Path) -> bool:
-    """A bar chart of requests/s per scenario, one bar per database; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    scenarios = list(dict.fromkeys(r.scenario for r in results))
-    databases = list(dict.fromkeys(r.database for r in results))
-    figure, axes = plt.subplots(figsize=(9, 4.5), dpi=110)
-    width = 0.8 / max(1, len(databases))
-    for index, database in enumerate(databases):
-        values = [
-            next(
-                (
-                    r.service.requests_per_second
-                    for r in results
-                    if r.database == database and r.scenario == name
-                ),
-                0.0,
-            )
-            for name in scenarios
-        ]
-        positions = [n + index * width for n in range(len(scenarios))]
-        bars = axes.bar(positions, values, width, label=database)
-        axes.bar_label(bars, fmt="%.0f", fontsize=8)
-    axes.set_xticks([n + width * (len(databases) - 1) / 2 for n in range(len(scenarios))], scenarios)
-    axes.set_ylabel("requests per second")
-    axes.set_title("purchase-feed-service by scenario and database")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return True
-
-
 def run_bench(options: Any, root: Path) -> int:
+    if getattr(options, "action", None) == "compare":
+        return compare(Path(options.old), Path(options.new))
     if options.generator is None:
         options.generator = "wrk" if shutil.which("wrk") else "builtin"
-    started = time.monotonic()
+    limit_app = Path(options.limit_app).is_file() and not options.target
 
-    def say(line: str) -> None:
-        print(f"[{time.monotonic() - started:6.1f}s] {line}", flush=True)
+    def targets_of(scenario: Scenario) -> int:
+        return 2 if limit_app and scenario.compared else 1
 
-    say(
-        f"load by {options.generator}, {options.connections} connections, {options.seconds} s a run, "
-        f"{options.rounds} rounds, {options.workers} worker(s)"
-    )
-    results: list[Result] = []
-    memories: list[Memory] = []
-    for kind in options.database:
-        database_results, memory = bench_database(kind, options, root, say)
-        results += database_results
-        memories += [memory] if memory else []
-    print("\n" + HEADER)
-    for result in results:
-        print(_row(result))
-    for memory in memories:
-        print(_memory_line(memory))
-    output = Path(options.output)
-    output.mkdir(parents=True, exist_ok=True)
-    report = {
-        "scenarios": [asdict(r) for r in results],
-        "memory": [{**asdict(m), "growth": round(m.growth, 4)} for m in memories],
-    }
-    (output / "bench.json").write_text(json.dumps(report, indent=2))
-    drawn = chart(results, output / "bench.png")
+    databases = ["target"] if options.target else options.database
+    progress = Progress(planned_seconds(options, targets_of) * len(databases))
+    outcome = Outcome()
+    try:
+        if options.target:
+            bench_target(options, progress, outcome)
+        else:
+            for kind in options.database:
+                bench_database(kind, options, root, progress, outcome)
+    finally:
+        progress.done()
     print(
-        f"\nwrote {output / 'bench.json'}"
-        + (f" and {output / 'bench.png'}" if drawn else " (no chart: pip install matplotlib, or make bench)")
+        f"load by {options.generator}, {options.connections} connections"
+        + (" at most (swept)" if options.sweep else "")
+        + f", {options.seconds} s a run, {options.rounds} rounds, {options.workers} worker(s)"
+        + (f", against {options.target}" if options.target else "")
     )
-    failed = any(r.service.non_2xx + r.service.errors for r in results)
-    grew = any(m.growth > MEMORY_LIMIT for m in memories)
+    print_report(outcome.results, outcome.sweeps, outcome.memories)
+    settings = {
+        key: getattr(options, key)
+        for key in (
+            "database",
+            "scenario",
+            "workers",
+            "seconds",
+            "connections",
+            "rounds",
+            "generator",
+            "sweep",
+            "target",
+        )
+    }
+    written = write_report(Path(options.output), settings, outcome.results, outcome.sweeps, outcome.memories)
+    print(
+        "\nwrote "
+        + " and ".join(str(path) for path in written)
+        + ("" if len(written) > 1 else " (no chart: pip install matplotlib, or make bench)")
+    )
+    runs = [r.service for r in outcome.results] + [s.service for w in outcome.sweeps for s in w.steps]
+    failed = any(run.non_2xx + run.errors for run in runs)
+    grew = any(m.growth > MEMORY_LIMIT for m in outcome.memories)
     return 1 if failed or grew else 0
-
-
-def _memory_line(m: Memory) -> str:
-    verdict = "within" if m.growth <= MEMORY_LIMIT else "MORE THAN"
-    return (
-        f"{m.database:10} memory: worker RSS {_mib(m.early_rss_mib)} MiB after {m.early_requests:,} "
-        f"requests, {_mib(m.late_rss_mib)} MiB after {m.late_requests:,} "
-        f"({m.growth:+.1%}, {verdict} {MEMORY_LIMIT:.0%})"
-    )

@@ -15,9 +15,14 @@ from service.bench.load import Request
 class Context:
     """What a scenario's requests need: credentials and how much data there is."""
 
-    api_key: str
+    api_key: str  # "" against a target without one: the purchase scenarios then sign in as the reader
     token: str
     customer_ids: list[int]
+
+    @property
+    def caller_headers(self) -> dict[str, str]:
+        """How a purchase scenario says who it is: the API key, else the reader's token."""
+        return {"X-API-Key": self.api_key} if self.api_key else {"Authorization": f"Bearer {self.token}"}
 
 
 def purchase_request(rng: random.Random, ctx: Context) -> Request:
@@ -29,7 +34,7 @@ def purchase_request(rng: random.Random, ctx: Context) -> Request:
         "quantity": rng.randint(1, 5),
         "unit_price": "12.50",
     }
-    return "POST", "/purchases", orjson.dumps(body), {"X-API-Key": ctx.api_key}
+    return "POST", "/purchases", orjson.dumps(body), ctx.caller_headers
 
 
 def batch_request(rng: random.Random, ctx: Context) -> Request:
@@ -44,7 +49,7 @@ def batch_request(rng: random.Random, ctx: Context) -> Request:
                 "unit_price": "12.50",
             }
         )
-    return "POST", "/purchases/batch", orjson.dumps({"purchases": purchases}), {"X-API-Key": ctx.api_key}
+    return "POST", "/purchases/batch", orjson.dumps({"purchases": purchases}), ctx.caller_headers
 
 
 def posts_request(rng: random.Random, ctx: Context) -> Request:
@@ -57,7 +62,7 @@ def feed_request(rng: random.Random, ctx: Context) -> Request:
 
 def summary_request(rng: random.Random, ctx: Context) -> Request:
     # Drawn from ids that exist: PostgreSQL spends a sequence value on every upsert that conflicts.
-    return "GET", f"/customers/{rng.choice(ctx.customer_ids)}/summary", None, {"X-API-Key": ctx.api_key}
+    return "GET", f"/customers/{rng.choice(ctx.customer_ids)}/summary", None, ctx.caller_headers
 
 
 def mixed_request(rng: random.Random, ctx: Context) -> Request:
