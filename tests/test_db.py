@@ -144,6 +144,50 @@ def test_sqlite_checkpoints_run_beside_the_writers(sqlite_settings: Settings) ->
     assert sizes[-1] >= before + 200 * 500  # then copied into the file, off the write path
 
 
+def test_a_connection_given_back_goes_to_the_longest_waiter(settings: Settings) -> None:
+    """One connection, held; three tasks queue for it; the moment it is given back (just before
+    the longest waiter is woken) a newcomer asks. The waiters get it in the order they came, the
+    newcomer last: asyncpg's own queue gave it to the newcomer, which could starve a waiter."""
+    one_connection = replace(settings, db_pool_min=1, db_pool_max=1)
+
+    async def take_turns() -> list[str]:
+        prepare_schema(one_connection.schema_database_url)
+        db = open_database(one_connection)
+        await db.connect()
+        order: list[str] = []
+
+        async def borrow(name: str) -> None:
+            async with db.connection() as connection:
+                order.append(name)
+                await connection.fetch_one("SELECT 1")
+
+        newcomer: list[asyncio.Task[None]] = []
+        try:
+            async with db.connection() as held:
+                waiters = [asyncio.create_task(borrow(f"W{n}")) for n in range(1, 4)]
+                await asyncio.sleep(0.05)  # all three queue
+                queue = getattr(getattr(db._backend, "pool", None), "_queue", None)  # asyncpg's
+                if queue is not None:
+                    put = queue.put_nowait
+
+                    def newcomer_then_put(item: Any) -> None:
+                        queue.put_nowait = put  # once
+                        newcomer.append(asyncio.create_task(borrow("newcomer")))  # before the woken
+                        put(item)
+
+                    queue.put_nowait = newcomer_then_put
+                else:  # SQLite's pool: a newcomer just before the connection goes back
+                    newcomer.append(asyncio.create_task(borrow("newcomer")))
+                await held.fetch_one("SELECT 1")
+            await asyncio.gather(*waiters)
+            await asyncio.gather(*newcomer)
+        finally:
+            await db.disconnect()
+        return order
+
+    assert asyncio.run(take_turns()) == ["W1", "W2", "W3", "newcomer"]
+
+
 def test_concurrent_transactions_all_commit(settings: Settings) -> None:
     """Forty writers at once: none is refused for a lock, none is lost."""
 
