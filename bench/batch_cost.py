@@ -161,7 +161,7 @@ def main() -> None:
         times = asyncio.run(steps(url, bodies))
     print(f"\n{options.database}: one batch of 1,000 rows, median of {options.batches} (ms)")
     for step, seconds in times.items():
-        print(f"  {step:48} {statistics.median(seconds) * 1000:8.2f}")
+        print(f"  {statistics.median(seconds) * 1000:8.2f}  {step}")
 
 
 if __name__ == "__main__":
