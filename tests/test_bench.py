@@ -125,7 +125,7 @@ def test_a_sweep_measures_each_step_of_connections(
 ) -> None:
     args = [
         *("--database", backend, "--generator", "builtin", "--seconds", "1", "--memory", "0"),
-        *("--scenario", "posts", "--scenario", "purchase", "--sweep", "--connections", "6"),
+        *("--scenario", "posts", "--sweep", "--connections", "3"),
         *("--port", str(free_port()), "--limit-app", str(tmp_path / "absent.py"), "--output", str(tmp_path)),
         *SMALL_SEED,
     ]
@@ -137,13 +137,15 @@ def test_a_sweep_measures_each_step_of_connections(
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["scenarios"] == []
     sweeps = {sweep["scenario"]: sweep for sweep in report["sweeps"]}
-    assert set(sweeps) == {"posts", "purchase"}
-    for sweep in sweeps.values():
-        assert [step["connections"] for step in sweep["steps"]] == [1, 2, 4, 6]
-        for step in sweep["steps"]:
-            assert step["service"]["requests"] > 0 and step["service"]["non_2xx"] == 0, step
-            assert step["limit"] is None  # no limit app in this run
-        assert sweep["knee"] in (1, 2, 4, 6)
+    assert set(sweeps) == {"posts"}
+    steps = sweeps["posts"]["steps"]
+    assert [step["connections"] for step in steps] == [1, 2, 3]  # doubling, and the bound last
+    for step in steps:
+        assert step["service"]["requests"] > 0 and step["service"]["non_2xx"] == 0, step
+        assert step["limit"] is None  # no limit app in this run
+    best = max(step["service"]["requests_per_second"] for step in steps)
+    knee = sweeps["posts"]["knee"]
+    assert next(s for s in steps if s["connections"] == knee)["service"]["requests_per_second"] >= 0.9 * best
     assert "knee at" in done.stdout
     # Piped, the run prints its report and nothing else: no progress lines.
     assert "left]" not in done.stdout + done.stderr
