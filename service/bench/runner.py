@@ -25,13 +25,25 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from service.bench.load import Run, builtin_load, wrk_load, wrk_script
 from service.bench.progress import Progress
-from service.bench.report import Memory, Result, Step, Sweep, compare, memory_line, print_report, write_report
+from service.bench.report import (
+    MEMORY_LIMIT,
+    Memory,
+    Result,
+    Step,
+    Sweep,
+    compare,
+    memory_line,
+    print_report,
+    row,
+    sweep_rows,
+    write_report,
+)
 from service.bench.scenarios import SCENARIOS, Context, Scenario
 from service.bench.target import record_customers, seed_through_api, sign_in
 
@@ -39,7 +51,6 @@ from service.bench.target import record_customers, seed_through_api, sign_in
 # statements are prepared, caches warm.
 WARM_UP_SECONDS = 2
 MEMORY_RUN_SECONDS = 10
-MEMORY_LIMIT = 0.10  # a worker's RSS may grow this much between the early and the late sample
 SWEEP_START = 1
 
 
@@ -303,13 +314,13 @@ def measure_memory(
 # The runs.
 
 
+@dataclass
 class Outcome:
     """Everything measured, in the order it was."""
 
-    def __init__(self) -> None:
-        self.results: list[Result] = []
-        self.sweeps: list[Sweep] = []
-        self.memories: list[Memory] = []
+    results: list[Result] = field(default_factory=list)
+    sweeps: list[Sweep] = field(default_factory=list)
+    memories: list[Memory] = field(default_factory=list)
 
 
 def drive_scenarios(
@@ -321,8 +332,6 @@ def drive_scenarios(
     progress: Progress,
     outcome: Outcome,
 ) -> None:
-    from service.bench.report import row, sweep_rows
-
     for name in options.scenario:
         scenario = SCENARIOS[name]
         targets = targets_of(scenario)
