@@ -78,8 +78,7 @@ class PostgresBackend(StockPostgresBackend):
         # Opening a connection (when the pool grows) counts against the same wait.
         options.setdefault("timeout", self.limits.pool_timeout_ms / 1000)
         super().__init__(database_url, **options)
-        self.size = int(options.get("max_size", 10))
-        self.turns = asyncio.Semaphore(self.size)
+        self.turns = asyncio.Semaphore(int(options.get("max_size", 10)))
 
     @property
     def pool(self) -> Any:

@@ -192,6 +192,19 @@ def _drive(
     return asyncio.run(builtin_load(url, lambda: scenario.make(rng, ctx), seconds, connections))
 
 
+def _in_turn(targets: dict[str, str], number: int) -> list[tuple[str, str]]:
+    """The targets in the order the `number`th run (from 0) drives them: who goes first alternates
+    (service-limit, limit-service, ...), so a machine that speeds up or slows down favours neither."""
+    order = list(targets.items())
+    return order if number % 2 == 0 else order[::-1]
+
+
+def compared_with_limit(options: Any, scenario: Scenario) -> bool:
+    """Whether the limit app runs beside the service for this scenario: it serves it, it is there,
+    and the bench started both (not --target)."""
+    return scenario.compared and not options.target and Path(options.limit_app).is_file()
+
+
 def warm_up(
     targets: dict[str, str], scenario: Scenario, ctx: Context, options: Any, folder: Path, progress: Progress
 ) -> None:
@@ -214,10 +227,7 @@ def measure_rounds(
     warm_up(targets, scenario, ctx, options, folder, progress)
     runs: dict[str, list[Run]] = {target: [] for target in targets}
     for round_number in range(1, options.rounds + 1):
-        # Who goes first alternates (service-limit, limit-service, ...): a machine that speeds up or
-        # slows down over the rounds favours neither.
-        order = list(targets.items())
-        for target, url in order if round_number % 2 else order[::-1]:
+        for target, url in _in_turn(targets, round_number - 1):
             progress.step(
                 f"{database} {scenario.name}: round {round_number}/{options.rounds}, {target}",
                 options.seconds,
@@ -255,19 +265,19 @@ def sweep(
     result = Sweep(database, scenario.name, scenario.title, options.workers, options.seconds)
     for number, connections in enumerate(sweep_steps(options.connections)):
         runs: dict[str, Run] = {}
-        order = list(targets.items())
-        for target, url in order if number % 2 == 0 else order[::-1]:
+        for target, url in _in_turn(targets, number):
             progress.step(f"{database} {scenario.name}: {connections} connections, {target}", options.seconds)
             runs[target] = _drive(url, scenario, ctx, options, folder, connections=connections)
         result.steps.append(Step(connections, runs["service"], runs.get("limit")))
     return result
 
 
-def planned_seconds(options: Any, targets_of: Callable[[Scenario], int]) -> float:
+def planned_seconds(options: Any) -> float:
     """Seconds of load one database's scenarios will take (not the seeding, not the memory check)."""
     runs = len(sweep_steps(options.connections)) if options.sweep else options.rounds
     per_target = min(WARM_UP_SECONDS, options.seconds) + runs * options.seconds
-    return float(sum(per_target * targets_of(SCENARIOS[name]) for name in options.scenario))
+    targets = [2 if compared_with_limit(options, SCENARIOS[name]) else 1 for name in options.scenario]
+    return float(per_target * sum(targets))
 
 
 # Memory.
@@ -350,10 +360,10 @@ def bench_database(kind: str, options: Any, root: Path, progress: Progress, outc
     service_port, limit_port = options.port, options.port + 1
     service_url, limit_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{limit_port}"
     limit_app = Path(options.limit_app)
-    compare_with_limit = limit_app.is_file() and any(SCENARIOS[name].compared for name in options.scenario)
+    compare_with_limit = any(compared_with_limit(options, SCENARIOS[name]) for name in options.scenario)
 
     def targets_of(scenario: Scenario) -> dict[str, str]:
-        if compare_with_limit and scenario.compared:
+        if compared_with_limit(options, scenario):
             return {"service": service_url, "limit": limit_url}
         return {"service": service_url}
 
@@ -423,13 +433,8 @@ def run_bench(options: Any, root: Path) -> int:
         return compare(Path(options.old), Path(options.new))
     if options.generator is None:
         options.generator = "wrk" if shutil.which("wrk") else "builtin"
-    limit_app = Path(options.limit_app).is_file() and not options.target
-
-    def targets_of(scenario: Scenario) -> int:
-        return 2 if limit_app and scenario.compared else 1
-
     databases = ["target"] if options.target else options.database
-    progress = Progress(planned_seconds(options, targets_of) * len(databases))
+    progress = Progress(planned_seconds(options) * len(databases))
     outcome = Outcome()
     try:
         if options.target:
