@@ -13,6 +13,7 @@ from typing import Any
 from service.bench.scenarios import SCENARIOS
 from service.bench.sizes import SeedSize
 from service.config import SCHEMA_CHECKED, Settings, SettingsError, load_settings
+from service.tracing import checked_exporter, tracing_requested
 
 GRACEFUL_SHUTDOWN_BACKSTOP_SECONDS = 60
 
@@ -245,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
+        if tracing_requested():
+            checked_exporter()
         for flag, low, high in (("port", 1, 65535), ("workers", 1, 64)):
             value = getattr(args, flag)
             if value is not None and not low <= value <= high:

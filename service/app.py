@@ -30,6 +30,12 @@ from service.housekeeping import purge_forever, refresh_pool_gauges
 from service.logs import configure_logging
 from service.middleware import RequestContextMiddleware
 from service.tokens import signing_key
+from service.tracing import (
+    INSTRUMENTATION_NAME,
+    TracingMiddleware,
+    exporting_from_environment,
+    tracing_requested,
+)
 from service.validation import USERNAME_REGEX
 
 log = logging.getLogger("service")
@@ -128,8 +134,15 @@ def all_routes() -> list[BaseRoute]:
     ]
 
 
-def create_app(settings: Settings | None = None, *, check_schema: bool = True) -> Starlette:
+def create_app(
+    settings: Settings | None = None, *, check_schema: bool = True, tracer_provider: Any = None
+) -> Starlette:
+    """The app; it traces with `tracer_provider`, or as the OTEL_* variables say (off when they are unset)."""
     settings = settings or load_settings()
+    exporting = exporting_from_environment() if tracer_provider is None and tracing_requested() else None
+    if exporting is not None:
+        tracer_provider = exporting.provider
+    tracer = tracer_provider.get_tracer(INSTRUMENTATION_NAME) if tracer_provider is not None else None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -148,7 +161,7 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
             session_retention=timedelta(hours=settings.session_retention_hours),
             dummy_hash=await accounts.make_dummy_hash(settings.bcrypt_rounds),
         )
-        db = open_database(settings)
+        db = open_database(settings, tracer=tracer)
         try:
             await db.connect()
         except asyncpg.ProtocolViolationError as exc:
@@ -163,7 +176,7 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
         advice = await db.check_server_limits(settings.database_limits)
         if advice:
             log.warning(advice)
-        chores = [asyncio.create_task(purge_forever(db, auth))]
+        chores = [asyncio.create_task(purge_forever(db, auth, tracer))]
         if db.replicas is not None:
             chores.append(asyncio.create_task(watch_replicas(db)))
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -178,10 +191,15 @@ def create_app(settings: Settings | None = None, *, check_schema: bool = True) -
             for chore in chores:
                 chore.cancel()
             await db.disconnect()
+            if exporting is not None:
+                await exporting.stop()  # the spans still queued go out first
 
+    middleware = [Middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)]
+    if tracer is not None:
+        middleware.insert(0, Middleware(TracingMiddleware, tracer=tracer))  # outermost: the whole request
     return Starlette(
         routes=all_routes(),
-        middleware=[Middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)],
+        middleware=middleware,
         exception_handlers=dict(EXCEPTION_HANDLERS),
         lifespan=lifespan,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -109,10 +110,13 @@ class Database(databases.Database):
                         raise
                     self.replicas.set_aside(replica, exc)  # and the primary answers instead
                 else:
-                    observe_statement_target(replica.name)
+                    self._served_by(replica.name)
                     return result
-        observe_statement_target("primary")
+        self._served_by("primary")
         return await self._run_borrowed(run)
+
+    def _served_by(self, target: str) -> None:
+        observe_statement_target(target)
 
     async def fetch_all(self, query: Any, values: dict[str, Any] | None = None) -> list[Any]:
         if not self._borrows(query):
@@ -234,11 +238,17 @@ class _WriteLockFirst(databases.core.Transaction):
             self._write_lock.release()
 
 
-def open_database(settings: Settings, queries: Queries | None = None) -> Database:
+def open_database(settings: Settings, queries: Queries | None = None, tracer: Any = None) -> Database:
+    """The database the settings name; with a tracer, one that puts a span around each statement."""
     options: dict[str, Any] = {}
     if not settings.is_sqlite:
         options["statement_cache_size"] = settings.db_statement_cache
-    db = Database(
+    make: Callable[..., Database] = Database
+    if tracer is not None:
+        from service.tracing import TracedDatabase  # the SDK is imported only when tracing is on
+
+        make = functools.partial(TracedDatabase, tracer=tracer)
+    db = make(
         settings.database_url,
         queries,
         min_size=settings.db_pool_min,

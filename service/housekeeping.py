@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from service.accounts import purge_dead_sessions
 from service.auth import AuthSettings
@@ -11,6 +12,7 @@ from service.db import Database
 from service.idempotency import purge_expired_keys
 from service.metrics import observe_pool
 from service.timestamps import utc_now
+from service.tracing import background_span
 
 PURGE_EVERY_SECONDS = 900
 
@@ -24,11 +26,12 @@ async def purge_once(db: Database, auth: AuthSettings) -> tuple[int, int]:
     return keys, sessions
 
 
-async def purge_forever(db: Database, auth: AuthSettings) -> None:
+async def purge_forever(db: Database, auth: AuthSettings, tracer: Any = None) -> None:
     while True:
         await asyncio.sleep(PURGE_EVERY_SECONDS)
         try:
-            keys, sessions = await purge_once(db, auth)
+            with background_span(tracer, "housekeeping purge"):  # a failure is recorded on the span
+                keys, sessions = await purge_once(db, auth)
         except Exception as exc:  # the database may be away for a while; try again next time
             log.warning("housekeeping failed: %s", exc.__class__.__name__)
             continue

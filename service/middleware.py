@@ -61,6 +61,10 @@ class RequestContextMiddleware:
         )
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
+        # The ids a log line of this request carries: the trace's too when tracing is on.
+        log_ids = {"request_id": request_id}
+        if "trace_id" in state:
+            log_ids["trace_id"] = state["trace_id"]
         drain = state.get("drain")
         db = state.get("db")
         with_replicas = db is not None and db.replicas is not None
@@ -121,7 +125,7 @@ class RequestContextMiddleware:
             if reason is not None:
                 # Expected under load or contention, not a bug: a warning, a count, a 503.
                 observe_limit_reached(reason)
-                error_log.warning("database limit reached: %s", reason, extra={"request_id": request_id})
+                error_log.warning("database limit reached: %s", reason, extra=log_ids)
                 if not response_started:
                     await problem_response(scope, 503, DETAILS[reason], headers={"Retry-After": "1"})(
                         scope, receive, send_with_id
@@ -129,15 +133,15 @@ class RequestContextMiddleware:
                 return
             unavailable = is_database_unavailable(exc)
             if unavailable:
-                error_log.warning(
-                    "database unavailable: %s", exc.__class__.__name__, extra={"request_id": request_id}
-                )
+                error_log.warning("database unavailable: %s", exc.__class__.__name__, extra=log_ids)
             else:
-                error_log.exception("unhandled error", extra={"request_id": request_id})
+                error_log.exception("unhandled error", extra=log_ids)
+                if "span" in state:
+                    state["span"].record_exception(exc)
             if not response_started:
                 await self._answer_failure(scope, receive, send_with_id, unavailable)
         finally:
-            self._record(scope, status, perf_counter() - started, request_id)
+            self._record(scope, status, perf_counter() - started, log_ids)
 
     @staticmethod
     async def _answer_failure(scope: Scope, receive: Receive, send: Send, unavailable: bool) -> None:
@@ -151,7 +155,7 @@ class RequestContextMiddleware:
         await response(scope, receive, send)
 
     @staticmethod
-    def _record(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+    def _record(scope: Scope, status: int, seconds: float, log_ids: dict[str, str]) -> None:
         route = scope.get("route_path", "unmatched")
         method = scope["method"]
         observe_request(route, method, status, seconds)
@@ -162,7 +166,7 @@ class RequestContextMiddleware:
                 scope["path"],
                 status,
                 extra={
-                    "request_id": request_id,
+                    **log_ids,
                     "method": method,
                     "route": route,
                     "status": status,

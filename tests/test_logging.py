@@ -42,6 +42,7 @@ def test_json_lines_carry_every_field(client: TestClient, caplog: pytest.LogCapt
         "status": 200,
     }
     assert line["request_id"] and line["time"].endswith("Z")
+    assert "trace_id" not in line  # tracing is off
     assert line["duration_ms"] >= 0
 
 

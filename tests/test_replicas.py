@@ -24,6 +24,7 @@ from tests.conftest import (
     running_service,
     service_env,
 )
+from tests.otlp_receiver import OtlpReceiver
 from tests.replication import Cluster
 from tests.test_purchases import purchase
 
@@ -227,3 +228,31 @@ def test_a_write_whose_token_cannot_be_read_still_gets_its_answer() -> None:
     response = TestClient(app).post("/purchases")
     assert response.status_code == 201
     assert "x-consistency-token" not in response.headers
+
+
+def test_a_traced_statement_names_the_target_that_served_it(
+    cluster: Cluster, replicated: tuple[str, str]
+) -> None:
+    primary, replica = replicated
+    key = make_api_key(load_settings(environ={"DATABASE_URL": primary}, env_file=None))
+
+    async def scenario(base: str) -> None:
+        async with live_client(base, headers={"X-API-Key": key}) as client:
+            assert (await client.post("/purchases", json=purchase("t@example.com"))).status_code == 201
+            await asyncio.sleep(0.5)  # the monitor has seen the replica catch up
+            assert (await client.get("/purchases?limit=5")).status_code == 200
+
+    with OtlpReceiver() as receiver, ExitStack() as stack:
+        [base] = start_instances(
+            stack,
+            primary,
+            replica,
+            1,
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+            OTEL_BSP_SCHEDULE_DELAY="50",
+        )
+        asyncio.run(scenario(base))
+        read = receiver.wait_for("list_purchases")
+        write = receiver.wait_for("record_purchase")
+    assert read.attributes == {"db.system.name": "postgresql", "db.target": "replica1"}
+    assert write.attributes == {"db.system.name": "postgresql", "db.target": "primary"}
