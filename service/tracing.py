@@ -88,13 +88,14 @@ class Exporting:
             give_up.cancel()
 
 
-def exporting_from_environment(environ: Mapping[str, str] = os.environ) -> Exporting:
-    """A tracer provider exporting as the OTEL_* variables say (OTLP over HTTP/protobuf by default)."""
+def exporting_from_environment() -> Exporting:
+    """A tracer provider exporting as the OTEL_* variables say (OTLP over HTTP/protobuf by default);
+    the SDK reads them from the process's environment."""
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-    exporter_name = checked_exporter(environ)
+    exporter_name = checked_exporter()
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over the name given here.
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):

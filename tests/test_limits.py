@@ -308,7 +308,9 @@ def test_a_statement_past_its_time_limit_is_stopped_and_rolls_back(
     settings = replace(settings, db_statement_timeout_ms=300)
     key = make_api_key(settings)
     slow = slow_purchase_queries("sqlite" if backend == "sqlite" else "postgresql")
-    monkeypatch.setattr(app_module, "open_database", lambda s: open_database(s, queries=slow))
+    monkeypatch.setattr(
+        app_module, "open_database", lambda s, **options: open_database(s, queries=slow, **options)
+    )
     with TestClient(app_module.create_app(settings), headers={"X-API-Key": key}) as client:
         started = time.perf_counter()
         response = client.post("/purchases", json=purchase("slow@example.com"))

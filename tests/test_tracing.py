@@ -41,6 +41,12 @@ def purchase(email: str = EMAIL) -> dict[str, Any]:
     return {"customer": {"email": email, "name": "Tim"}, "item": "book", "quantity": 2, "unit_price": "12.50"}
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Both databases; not again through PgBouncer, which changes nothing a span shows."""
+    return str(request.param)
+
+
 @pytest.fixture
 def exporter() -> InMemorySpanExporter:
     return InMemorySpanExporter()
