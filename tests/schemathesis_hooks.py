@@ -7,11 +7,30 @@ operation reachable with a valid credential.
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
+import threading
 from typing import Any
 
 import httpx2 as httpx
 import schemathesis
+
+# CPython 3.11 keeps the AST builder's recursion depth in per-interpreter state, so two threads
+# parsing at once can fail with "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905). Hypothesis parses lambda sources while it describes strategies, in each
+# of schemathesis's worker threads: one parse at a time.
+_one_parse_at_a_time = threading.Lock()
+_parse = ast.parse
+
+
+@functools.wraps(_parse)
+def _serialized_parse(*args: Any, **kwargs: Any) -> Any:
+    with _one_parse_at_a_time:
+        return _parse(*args, **kwargs)
+
+
+ast.parse = _serialized_parse
 
 
 @schemathesis.auth(refresh_interval=None)
