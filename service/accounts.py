@@ -18,6 +18,7 @@ from starlette.responses import Response
 from service.auth import AuthSettings, Caller, auth_settings, database, requires_user, unauthorized
 from service.db import Database
 from service.errors import Problem
+from service.login_throttle import LoginAttempt, client_address, count_attempt, forgive
 from service.openapi import documented
 from service.pagination import Page, PageQuery, page_of
 from service.responses import JSONResponse, no_content
@@ -189,16 +190,18 @@ async def register_user(db: Database, username: str, email: str, password_hash: 
     raise Problem(409, "That username or email is already registered.", errors=taken or None)
 
 
-async def open_session(db: Database, user_id: int, auth: AuthSettings) -> Any:
-    """A new session for the user; that user's sessions dead past the retention period go."""
+async def open_session(db: Database, user_id: int, auth: AuthSettings, attempt: LoginAttempt) -> Any:
+    """A new session for the user; that user's sessions dead past the retention period go, and the
+    sign-in attempt is taken back from the throttle's counts (all in one transaction)."""
     now = utc_now()
-    _, [session] = await db.fetch_all_atomically(
+    _, [session], *_ = await db.fetch_all_atomically(
         [
             (
                 db.sql.purge_dead_sessions_of_user,
                 {"user_id": user_id, "cutoff": now - auth.session_retention},
             ),
             (db.sql.create_session, {"user_id": user_id, "now": now, "expires_at": now + auth.token_ttl}),
+            *forgive(db, attempt),
         ]
     )
     return session
@@ -241,13 +244,19 @@ async def register(request: Request) -> Response:
     return JSONResponse(user_json(row), status_code=201, headers={"Location": f"/users/{row['username']}"})
 
 
-@documented(body=LoginIn, form=OAuth2PasswordForm, responses={200: TokenOut}, errors=[401])
+@documented(body=LoginIn, form=OAuth2PasswordForm, responses={200: TokenOut}, errors=[401, 429])
 async def login(request: Request) -> Response:
-    """Check the password and open a session; the access token carries its id."""
+    """Check the password and open a session; the access token carries its id.
+
+    429 with Retry-After, before the password is checked, once a window holds too many failed
+    sign-ins for this username from this address, or from this address across usernames.
+    """
     credentials = await _login_body(request)
     auth = auth_settings(request)
     db = database(request)
     username = credentials["username"].strip().lower()
+    # Counted (or refused: 429) before anything is looked up or hashed.
+    attempt = await count_attempt(db, auth.login_throttle, username, client_address(request), utc_now())
     # A name no account can have (NUL, say, which PostgreSQL would refuse) is simply unknown.
     user = None
     if USERNAME.fullmatch(username):
@@ -256,7 +265,7 @@ async def login(request: Request) -> Response:
     stored = user["password_hash"].encode() if user is not None else auth.dummy_hash
     if not await password_matches(credentials["password"], stored) or user is None:
         raise unauthorized("Wrong username or password.")
-    session = await open_session(db, user["id"], auth)
+    session = await open_session(db, user["id"], auth, attempt)
     token = issue_access_token(auth.signing_key, user["id"], session["id"], utc_now(), auth.token_ttl)
     return JSONResponse(
         {

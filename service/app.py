@@ -29,6 +29,7 @@ from service.errors import EXCEPTION_HANDLERS
 from service.housekeeping import purge_forever, refresh_pool_gauges
 from service.logs import configure_logging
 from service.middleware import RequestContextMiddleware
+from service.rate_limits import rate_limits_from
 from service.tokens import signing_key
 from service.tracing import (
     INSTRUMENTATION_NAME,
@@ -160,6 +161,7 @@ def create_app(
             bcrypt_rounds=settings.bcrypt_rounds,
             session_retention=timedelta(hours=settings.session_retention_hours),
             dummy_hash=await accounts.make_dummy_hash(settings.bcrypt_rounds),
+            login_throttle=settings.login_throttle,
         )
         db = open_database(settings, tracer=tracer)
         try:
@@ -186,7 +188,13 @@ def create_app(
             log.info("SIGTERM drains for %s s (SHUTDOWN_GRACE_SECONDS)", settings.shutdown_grace_seconds)
         log.info("serving on %s", db.dialect)
         try:
-            yield {"db": db, "settings": settings, "auth": auth, "drain": drain}
+            yield {
+                "db": db,
+                "settings": settings,
+                "auth": auth,
+                "drain": drain,
+                "rate_limits": rate_limits_from(settings),
+            }
         finally:
             for chore in chores:
                 chore.cancel()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
@@ -17,8 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.apikeys import find_live_api_key, hash_key
+from service.config import LoginThrottle
 from service.db import Database
 from service.errors import Problem
+from service.rate_limits import limit_rate
 from service.timestamps import utc_now
 from service.tokens import InvalidToken, read_access_token
 
@@ -58,6 +60,7 @@ class AuthSettings:
     # A real hash of nothing, checked when the username is unknown, so that answer takes as long
     # as a wrong password does.
     dummy_hash: bytes
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
 
 def unauthorized(detail: str) -> Problem:
@@ -83,7 +86,16 @@ async def api_key_caller(request: Request) -> Caller | None:
     key = request.headers.get("x-api-key")
     if key is None:
         return None
-    return await check_api_key(database(request), PresentedApiKey(hash_key(key.strip())))
+    presented = present_api_key(request, key)
+    return await check_api_key(database(request), presented)
+
+
+def present_api_key(request: Request, key: str) -> PresentedApiKey:
+    """The key as presented, counted against its rate limit (429 past it) before it is looked up."""
+    key = key.strip()
+    presented = PresentedApiKey(hash_key(key))
+    limit_rate(request, "api_key", presented.key_hash, f"API key {key[:10]}...")
+    return presented
 
 
 async def check_api_key(db: Database, presented: PresentedApiKey) -> Caller:
@@ -107,6 +119,7 @@ async def user_caller(request: Request) -> Caller | None:
         user_id, session_id = read_access_token(auth_settings(request).signing_key, token)
     except InvalidToken:
         raise unauthorized("The access token is not valid or has expired.") from None
+    limit_rate(request, "user", user_id, f"user id {user_id}")  # the signature is the service's own
     db = database(request)
     row = await db.fetch_one(
         db.sql.find_live_session, {"session_id": session_id, "user_id": user_id, "now": utc_now()}
@@ -156,7 +169,7 @@ def requires_caller_checking_key_itself(
         key = request.headers.get("x-api-key")
         if key is None or "authorization" in request.headers:
             return await user_route(request)  # a token (checked first, as everywhere), or nothing: 401
-        presented = PresentedApiKey(hash_key(key.strip()))
+        presented = present_api_key(request, key)
         try:
             return await endpoint(request, presented)
         except Problem:

@@ -47,6 +47,15 @@ class DatabaseLimits:
 
 
 @dataclass(frozen=True)
+class LoginThrottle:
+    """How many failed sign-ins a window allows: one username from one address, and one address."""
+
+    window_seconds: int = 900
+    per_account: int = 10
+    per_address: int = 100
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str
     host: str
@@ -73,6 +82,11 @@ class Settings:
     migrate_on_start: bool
     migration_lock_timeout_ms: int
     migration_lock_retries: int
+    login_throttle_window_seconds: int
+    login_failures_per_account: int
+    login_failures_per_address: int
+    rate_limit_api_key: int
+    rate_limit_user: int
 
     @property
     def is_sqlite(self) -> bool:
@@ -95,6 +109,14 @@ class Settings:
             pool_max_waiters=self.db_pool_max_waiters,
             lock_timeout_ms=self.db_lock_timeout_ms,
             statement_timeout_ms=self.db_statement_timeout_ms,
+        )
+
+    @property
+    def login_throttle(self) -> LoginThrottle:
+        return LoginThrottle(
+            window_seconds=self.login_throttle_window_seconds,
+            per_account=self.login_failures_per_account,
+            per_address=self.login_failures_per_address,
         )
 
     @property
@@ -182,6 +204,31 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         "SESSION_RETENTION_HOURS",
         "24",
         "how long expired and revoked sessions are kept before they are purged",
+    ),
+    (
+        "LOGIN_THROTTLE_WINDOW_SECONDS",
+        "900",
+        "failed sign-ins are counted in fixed windows this long; a block ends with its window",
+    ),
+    (
+        "LOGIN_FAILURES_PER_ACCOUNT",
+        "10",
+        "failed sign-ins a window allows one username from one client address; then 429",
+    ),
+    (
+        "LOGIN_FAILURES_PER_ADDRESS",
+        "100",
+        "failed sign-ins a window allows one client address across all usernames; then 429",
+    ),
+    (
+        "RATE_LIMIT_API_KEY",
+        "0 (off)",
+        "requests a second each API key may send to each worker (a second's worth at once); then 429",
+    ),
+    (
+        "RATE_LIMIT_USER",
+        "0 (off)",
+        "the same for each signed-in user",
     ),
     (
         "MIGRATE_ON_START",
@@ -337,6 +384,22 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         replica_max_lag_ms=_read(
             config, "REPLICA_MAX_LAG_MS", _integer("REPLICA_MAX_LAG_MS", 1, 3_600_000), "1000"
         ),
+        login_throttle_window_seconds=_read(
+            config,
+            "LOGIN_THROTTLE_WINDOW_SECONDS",
+            _integer("LOGIN_THROTTLE_WINDOW_SECONDS", 10, 86_400),
+            "900",
+        ),
+        login_failures_per_account=_read(
+            config, "LOGIN_FAILURES_PER_ACCOUNT", _integer("LOGIN_FAILURES_PER_ACCOUNT", 1, 1_000_000), "10"
+        ),
+        login_failures_per_address=_read(
+            config, "LOGIN_FAILURES_PER_ADDRESS", _integer("LOGIN_FAILURES_PER_ADDRESS", 1, 1_000_000), "100"
+        ),
+        rate_limit_api_key=_read(
+            config, "RATE_LIMIT_API_KEY", _integer("RATE_LIMIT_API_KEY", 0, 1_000_000), "0"
+        ),
+        rate_limit_user=_read(config, "RATE_LIMIT_USER", _integer("RATE_LIMIT_USER", 0, 1_000_000), "0"),
     )
     if settings.behind_transaction_pooler and not settings.migration_database_url:
         # Through transaction pooling the schema step's session lock would not be exclusive.

@@ -10,6 +10,7 @@ from service.accounts import purge_dead_sessions
 from service.auth import AuthSettings
 from service.db import Database
 from service.idempotency import purge_expired_keys
+from service.login_throttle import purge_ended_windows
 from service.metrics import observe_pool
 from service.timestamps import utc_now
 from service.tracing import background_span
@@ -19,11 +20,14 @@ PURGE_EVERY_SECONDS = 900
 log = logging.getLogger("service.housekeeping")
 
 
-async def purge_once(db: Database, auth: AuthSettings) -> tuple[int, int]:
-    """Drop expired idempotency keys, and sessions dead for longer than the retention period."""
+async def purge_once(db: Database, auth: AuthSettings) -> tuple[int, int, int]:
+    """Drop expired idempotency keys, sessions dead for longer than the retention period, and the
+    login throttle's counts of windows that have ended."""
+    now = utc_now()
     keys = await purge_expired_keys(db)
-    sessions = await purge_dead_sessions(db, utc_now() - auth.session_retention)
-    return keys, sessions
+    sessions = await purge_dead_sessions(db, now - auth.session_retention)
+    windows = await purge_ended_windows(db, now)
+    return keys, sessions, windows
 
 
 async def purge_forever(db: Database, auth: AuthSettings, tracer: Any = None) -> None:
@@ -31,12 +35,14 @@ async def purge_forever(db: Database, auth: AuthSettings, tracer: Any = None) ->
         await asyncio.sleep(PURGE_EVERY_SECONDS)
         try:
             with background_span(tracer, "housekeeping purge"):  # a failure is recorded on the span
-                keys, sessions = await purge_once(db, auth)
+                keys, sessions, windows = await purge_once(db, auth)
         except Exception as exc:  # the database may be away for a while; try again next time
             log.warning("housekeeping failed: %s", exc.__class__.__name__)
             continue
-        if keys or sessions:
-            log.info("purged %d idempotency keys and %d sessions", keys, sessions)
+        if keys or sessions or windows:
+            log.info(
+                "purged %d idempotency keys, %d sessions and %d login failure counts", keys, sessions, windows
+            )
 
 
 async def refresh_pool_gauges(db: Database) -> None:

@@ -11,7 +11,17 @@ import orjson
 from service.timestamps import utc_now
 
 # Fields a log call may attach with `extra=`; they become keys of the line.
-EVENT_FIELDS = ("request_id", "trace_id", "method", "route", "path", "status", "duration_ms", "client")
+EVENT_FIELDS = (
+    "request_id",
+    "trace_id",
+    "method",
+    "route",
+    "path",
+    "status",
+    "duration_ms",
+    "client",
+    "limit",
+)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

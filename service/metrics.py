@@ -37,6 +37,17 @@ LIMITS_REACHED = Counter(
     " (pool_timeout, overloaded, lock_timeout, statement_timeout).",
     ["reason"],
 )
+LOGINS_THROTTLED = Counter(
+    "login_throttled_total",
+    "Sign-ins answered 429 before the password was checked, by the limit reached"
+    " (account: one username from one address; address: one address).",
+    ["limit"],
+)
+RATE_LIMITED = Counter(
+    "rate_limited_total",
+    "Requests answered 429 by a per-caller rate limit, by limit (api_key, user).",
+    ["limit"],
+)
 STATEMENTS_BY_TARGET = Counter(
     "db_statements_total",
     "Reads routed with replicas configured, by the database that served them (primary, replicaN).",
@@ -79,6 +90,14 @@ def observe_request(route: str, method: str, status: int, seconds: float) -> Non
 
 def observe_limit_reached(reason: str) -> None:
     LIMITS_REACHED.labels(reason).inc()
+
+
+def observe_login_throttled(limit: str) -> None:
+    LOGINS_THROTTLED.labels(limit).inc()
+
+
+def observe_rate_limited(limit: str) -> None:
+    RATE_LIMITED.labels(limit).inc()
 
 
 def observe_statement_target(target: str) -> None:

@@ -80,6 +80,8 @@ class RequestContextMiddleware:
                 status = message["status"]
                 response_started = True
                 message["headers"] = [*message.get("headers", ()), id_header]
+                if (rate_limit := state.get("rate_limit")) is not None:
+                    message["headers"].extend(rate_limit)  # the caller's RateLimit-Policy and RateLimit
                 if with_replicas and scope["method"] not in _READS and 200 <= status < 300:
                     # Committed: where the primary's log stands now is at or past this write.
                     try:

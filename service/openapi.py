@@ -59,6 +59,23 @@ UNAVAILABLE = {
     },
 }
 
+TOO_MANY_REQUESTS = {
+    "description": "Too Many Requests: the caller's rate limit (RATE_LIMIT_API_KEY, RATE_LIMIT_USER;"
+    " off unless set) or, on POST /auth/login, too many failed sign-ins in the window (the password"
+    " was not checked). Nothing was done. With a rate limit on, every response to a caller carries"
+    " its RateLimit-Policy and RateLimit.",
+    "headers": {
+        "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}},
+        "RateLimit-Policy": {
+            "description": 'The caller\'s limit (IETF draft): `"api_key";q=100;w=1` is 100 a second.',
+            "schema": {"type": "string"},
+        },
+        "RateLimit": {
+            "description": 'What is left of it: `"api_key";r=0;t=1` - requests left, seconds until full.',
+            "schema": {"type": "string"},
+        },
+    },
+}
 
 CONSISTENCY = (
     "With read replicas (DATABASE_REPLICA_URLS): the primary's write-ahead log position after this"
@@ -188,13 +205,15 @@ def _responses(
     if has_path:
         problems.add(404)
     if secured:
-        problems.add(401)
+        problems |= {401, 429}
     for status in sorted(problems):
         answers[str(status)] = {
             "description": HTTPStatus(status).phrase,
             "content": {PROBLEM_JSON: {"schema": "ProblemOut"}},
         }
     answers["503"].update(UNAVAILABLE)
+    if "429" in answers:
+        answers["429"].update(TOO_MANY_REQUESTS)
     return answers
 
 

@@ -180,3 +180,16 @@ follows = Table(
 # Who follows a user, and whom a user follows, each newest follow first.
 Index("ix_follows_followee", follows.c.followee_id, follows.c.created_at, follows.c.follower_id)
 Index("ix_follows_follower", follows.c.follower_id, follows.c.created_at, follows.c.followee_id)
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    # Failed sign-ins in one fixed window, shared by every instance (revision 0003). `limit_name`
+    # says which count: "account" (one username from one address) or "address" (across usernames).
+    Column("limit_name", String(16), primary_key=True),
+    Column("subject", String(120), primary_key=True),
+    Column("window_ends_at", Timestamp, primary_key=True),
+    Column("failures", Integer, nullable=False),
+)
+# Housekeeping forgets windows that have ended.
+Index("ix_login_failures_window_ends", login_failures.c.window_ends_at)

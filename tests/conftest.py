@@ -303,15 +303,28 @@ def live_service(database_url: str) -> Callable[..., Iterator[str]]:
 
 
 def table_counts(database_url: str) -> dict[str, int]:
-    """Rows in every table, read straight from the database (not through the service)."""
+    """Rows in every table the database has (an older revision lacks the newer tables), read
+    straight from the database (not through the service)."""
     names = [table.name for table in metadata.sorted_tables]
     if database_url.startswith("sqlite"):
         import sqlite3
 
         with contextlib.closing(sqlite3.connect(database_url.split(":///", 1)[1])) as conn:
-            return {name: conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in names}
+            present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return {
+                name: conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+                for name in names
+                if name in present
+            }
     with psycopg.connect(database_url) as conn:
-        return {name: conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in names}  # type: ignore[index]
+        present = {
+            row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+        return {
+            name: conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]  # type: ignore[index]
+            for name in names
+            if name in present
+        }
 
 
 def make_api_key(settings: Settings, name: str = "tests") -> str:

@@ -19,6 +19,8 @@ from service.auth import AuthSettings
 from service.config import Settings, load_settings
 from service.db import open_database
 from service.housekeeping import purge_once
+from service.login_throttle import count_attempt
+from service.timestamps import utc_now
 from service.tokens import secret_key_path, signing_key
 from tests.conftest import PASSWORD, PASSWORDS_SENT, bearer, login, register, table_counts
 from tests.test_purchases import purchase
@@ -222,7 +224,7 @@ def test_dead_sessions_are_purged_after_the_retention_period(
     login(client, "tim")
     assert table_counts(database_url)["sessions"] == 3
 
-    async def age_and_purge() -> tuple[int, int]:
+    async def age_and_purge() -> tuple[int, int, int]:
         db = open_database(settings)
         await db.connect()
         try:
@@ -232,7 +234,7 @@ def test_dead_sessions_are_purged_after_the_retention_period(
         finally:
             await db.disconnect()
 
-    _, purged = asyncio.run(age_and_purge())
+    _, purged, _ = asyncio.run(age_and_purge())
     assert purged == 2
     assert table_counts(database_url)["sessions"] == 1  # the live one
 
@@ -250,9 +252,9 @@ def test_a_login_purges_that_users_dead_sessions(
         try:
             user = await db.fetch_one(db.sql.find_user_for_login, {"username": "tim"})
             assert user is not None
-            await accounts.open_session(
-                db, user["id"], replace(_auth(settings), session_retention=timedelta(0))
-            )
+            auth = replace(_auth(settings), session_retention=timedelta(0))
+            attempt = await count_attempt(db, auth.login_throttle, "tim", "127.0.0.1", utc_now())
+            await accounts.open_session(db, user["id"], auth, attempt)
         finally:
             await db.disconnect()
 
