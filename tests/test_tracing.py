@@ -202,7 +202,11 @@ def test_each_housekeeping_pass_is_a_trace_of_its_own(
     assert chore.parent is None and chore.kind is SpanKind.INTERNAL
     assert chore.status.status_code is StatusCode.UNSET
     statements = children_of(exporter, chore)
-    assert [s.name for s in statements] == ["purge_idempotency_keys", "purge_dead_sessions"]
+    assert [s.name for s in statements] == [
+        "purge_idempotency_keys",
+        "purge_dead_sessions",
+        "purge_ended_login_windows",
+    ]
     assert all(s.kind is SpanKind.CLIENT for s in statements)
 
 
