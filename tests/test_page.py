@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 
 from tests.conftest import ROOT
@@ -18,6 +20,8 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
+# A phone's screen; the page must never be wider (a phone browser would zoom out to show it all).
+PHONE = {"width": 390, "height": 844}
 
 
 def _browser_missing() -> str | None:
@@ -52,7 +56,7 @@ def browser_page() -> Iterator[Any]:
                 "--disable-sync",
             ],
         )
-        context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
         page = context.new_page()
         page.problems = []  # type: ignore[attr-defined]
         page.on("console", lambda message: message.type == "error" and page.problems.append(message.text))  # type: ignore[attr-defined]
@@ -137,7 +141,7 @@ def test_a_person_registers_signs_in_and_records_purchases(
         assert "Timothy" in page.text_content("#result")
 
         # It fits a phone: nothing wider than the screen.
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"purchase-page-{backend}.png"), full_page=True)
     # No script errors and no CSP violations; the one failed request is the bad price, on purpose.
@@ -156,4 +160,203 @@ def test_the_docs_page_renders_the_api_in_the_browser(
         assert any("/purchases" in path for path in paths)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"docs-{backend}.png"))
+    assert page.problems == []
+
+
+def _money(cents: int) -> str:
+    """As the page shows a sum: 1,250.00."""
+    return f"{cents // 100:,}.{cents % 100:02d}"
+
+
+def _cents(money: str) -> int:
+    whole, _, fraction = money.partition(".")
+    return int(whole) * 100 + int((fraction + "00")[:2])
+
+
+def _seed_sales(base: str, headers: dict[str, str], today: datetime) -> None:
+    """Purchases on several days (one 40 days back, outside the default range), and 23 by tim."""
+
+    def at(days_back: int, hour: int = 12) -> str:
+        return (today - timedelta(days=days_back)).strftime(f"%Y-%m-%dT{hour:02d}:00:00Z")
+
+    purchases = [
+        {
+            "customer": {"email": "ann@example.com", "name": "Ann"},
+            "item": "lamp",
+            "quantity": 1,
+            "unit_price": "30.00",
+            "purchased_at": at(0, 0),
+        },
+        {
+            "customer": {"email": "bob@example.com", "name": "Bob"},
+            "item": "desk",
+            "quantity": 1,
+            "unit_price": "249.99",
+            "purchased_at": at(2),
+        },
+        {
+            "customer": {"email": "bob@example.com", "name": "Bob"},
+            "item": "chair",
+            "quantity": 4,
+            "unit_price": "89.50",
+            "purchased_at": at(2, 15),
+        },
+        {
+            "customer": {"email": "cy@example.com", "name": "Cy"},
+            "item": "desk",
+            "quantity": 2,
+            "unit_price": "249.99",
+            "purchased_at": at(40),
+        },
+    ] + [
+        {
+            "customer": {"email": "tim@example.com", "name": "Tim"},
+            "item": ["book", "pen", "ink"][n % 3],
+            "quantity": n % 4 + 1,
+            "unit_price": f"{n + 1}.25",
+            "purchased_at": at(n % 9 + 1, n % 24),
+        }
+        for n in range(23)
+    ]
+    answer = httpx.post(f"{base}/purchases/batch", json={"purchases": purchases}, headers=headers, timeout=30)
+    assert answer.status_code == 201, answer.text
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_reports_chart_the_report_routes_figures_and_a_customer_is_found_and_paged(
+    browser_page: Any, live_service: Callable[..., Any], backend: str
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    today = datetime.now(UTC)
+    with live_service() as base, httpx.Client(base_url=base, timeout=30) as api:
+        account = {
+            "username": "shopkeeper",
+            "email": "shop@example.com",
+            "password": "a long enough password",
+        }
+        assert api.post("/auth/register", json=account).status_code == 201
+        token = api.post(
+            "/auth/login", json={"username": "shopkeeper", "password": account["password"]}
+        ).json()["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        _seed_sales(base, headers, today)
+
+        def report(group_by: str, first_day: datetime, limit: int) -> list[dict[str, Any]]:
+            since = first_day.strftime("%Y-%m-%dT00:00:00Z")
+            until = (today + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
+            params = {"group_by": group_by, "since": since, "until": until, "limit": limit}
+            rows: list[dict[str, Any]] = api.get("/reports/sales", params=params, headers=headers).json()[
+                "rows"
+            ]
+            return rows
+
+        # Signed in straight onto the Reports view (#reports), by keyboard.
+        page.goto(f"{base}/#reports")
+        page.fill("#sign-in-username", "shopkeeper")
+        page.fill("#sign-in-password", "a long enough password")
+        page.press("#sign-in-password", "Enter")
+        expect(page.locator("#chart rect.bar")).to_have_count(30)
+        assert page.title() == "Reports"
+        assert page.get_attribute("nav a[data-view=reports]", "aria-current") == "page"
+
+        # The default range: the last 30 UTC days. Every figure is the report route's.
+        days = report("day", today - timedelta(days=29), 1000)
+        assert len(days) >= 5
+        table = page.eval_on_selector_all(
+            "#days-table tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+        assert table == [[d["key"], str(d["purchases"]), str(d["quantity"]), d["revenue"]] for d in days]
+        bars = page.eval_on_selector_all(
+            "#chart rect.bar",
+            "bars => bars.map(b => [b.dataset.day, b.dataset.revenue, Number(b.getAttribute('height')),"
+            " b.querySelector('title').textContent])",
+        )
+        assert len(bars) == 30 and bars[-1][0] == today.strftime("%Y-%m-%d")
+        by_day = {d["key"]: d for d in days}
+        tallest = max(height for _, _, height, _ in bars)
+        most = max(_cents(d["revenue"]) for d in days)
+        for day, revenue, height, title in bars:
+            cents = _cents(by_day[day]["revenue"]) if day in by_day else 0
+            assert revenue == _money(cents) and title.startswith(f"{day}: {_money(cents)} USD")
+            assert abs(height / tallest - cents / most) < 0.01  # drawn to scale
+        assert page.text_content("#total-purchases") == str(sum(d["purchases"] for d in days))
+        assert page.text_content("#total-quantity") == str(sum(d["quantity"] for d in days))
+        assert page.text_content("#total-revenue") == f"{_money(sum(_cents(d['revenue']) for d in days))} USD"
+        top = page.eval_on_selector_all(
+            "#top-items tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+        items = report("item", today - timedelta(days=29), 10)
+        assert top == [[i["key"], str(i["purchases"]), str(i["quantity"]), i["revenue"]] for i in items]
+        assert "desk" in page.text_content("#top-items") and "most was" in page.text_content("#chart-summary")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"reports-phone-{backend}.png"), full_page=True)
+
+        # A wider range takes in the desk sold 40 days back; a backwards one is refused beside "To".
+        page.fill("#range-from", (today - timedelta(days=45)).strftime("%Y-%m-%d"))
+        page.press("#range-from", "Enter")
+        wide = report("day", today - timedelta(days=45), 1000)
+        expect(page.locator("#total-revenue")).to_have_text(
+            f"{_money(sum(_cents(d['revenue']) for d in wide))} USD"
+        )
+        expect(page.locator("#chart rect.bar")).to_have_count(46)
+        page.fill("#range-to", (today - timedelta(days=50)).strftime("%Y-%m-%d"))
+        page.press("#range-to", "Enter")
+        expect(page.locator("#range-error-to")).to_have_text("Must be on or after the first day.")
+        assert page.get_attribute("#range-to", "aria-invalid") == "true"
+        page.set_viewport_size({"width": 1280, "height": 900})
+        page.fill("#range-to", today.strftime("%Y-%m-%d"))
+        page.press("#range-to", "Enter")
+        expect(page.locator("#range-error-to")).to_be_empty()
+        page.screenshot(path=str(ARTIFACTS / f"reports-desktop-{backend}.png"), full_page=True)
+
+        # Find a customer, by keyboard alone: the view's link, the email, Enter.
+        page.focus("nav a[data-view=customer]")
+        page.keyboard.press("Enter")
+        expect(page.locator("#customer-title")).to_be_focused()
+        page.keyboard.press("Tab")
+        page.keyboard.type("nobody@example.com")
+        page.keyboard.press("Enter")
+        expect(page.locator("#find-error-email")).to_have_text("No customer has this email.")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("TIM@example.com")
+        page.keyboard.press("Enter")
+        expect(page.locator("#found-purchases li")).to_have_count(10)
+        tim = api.get("/customers", params={"email": "tim@example.com"}, headers=headers).json()["items"][0]
+        summary = api.get(f"/customers/{tim['id']}/summary", headers=headers).json()
+        assert page.text_content("#found-count") == "23" == str(summary["purchase_count"])
+        assert page.text_content("#found-spent") == f"{summary['total_spent']} USD"
+        assert page.text_content("#found-quantity") == str(summary["total_quantity"])
+        found_top = page.eval_on_selector_all(
+            "#found-top tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+        assert found_top == [[t["item"], str(t["quantity"]), t["spent"]] for t in summary["top_items"]]
+        page.screenshot(path=str(ARTIFACTS / f"customer-desktop-{backend}.png"), full_page=True)
+
+        # Older purchases, a page at a time, until the cursor runs out: every one, newest first.
+        for shown in (20, 23):
+            page.focus("#found-more")
+            page.keyboard.press("Enter")
+            expect(page.locator("#found-purchases li")).to_have_count(shown)
+        expect(page.locator("#found-more")).to_be_hidden()
+        assert page.text_content("#found-shown") == "23 of 23 shown"
+        expected, cursor = [], None
+        while True:
+            params = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+            listed = api.get(f"/customers/{tim['id']}/purchases", params=params, headers=headers).json()
+            expected += [
+                f"{p['quantity']} \u00d7 {p['item']} \u2014 {p['total']} USD" for p in listed["items"]
+            ]
+            if not (cursor := listed["next_cursor"]):
+                break
+        shown_rows = page.eval_on_selector_all(
+            "#found-purchases li > span:first-child", "s => s.map(e => e.textContent)"
+        )
+        assert shown_rows == expected
+        page.set_viewport_size(PHONE)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        page.screenshot(path=str(ARTIFACTS / f"customer-phone-{backend}.png"), full_page=True)
+    # No script errors and no CSP violations.
     assert page.problems == []

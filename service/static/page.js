@@ -1,4 +1,5 @@
-// The purchase page: sign in (or register), record purchases, see the latest ones.
+// The purchase page: sign in (or register), record purchases, see the latest ones; the views
+// (Record, Reports, Find a customer) and the helpers reports.js shares.
 // All text from the server is set with textContent, never parsed as HTML.
 "use strict";
 
@@ -49,14 +50,45 @@ function clearErrors(form) {
   for (const input of form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
 }
 
+// The views a signed-in person moves between (the address's #fragment): their sections, title,
+// and what to do on arrival. reports.js adds its views' `enter`.
+const VIEWS = {
+  record: { sections: ["capture", "latest"], title: "Record a purchase", enter: () => loadLatest() },
+  reports: { sections: ["reports"], title: "Reports" },
+  customer: { sections: ["customer"], title: "Find a customer" },
+};
+const ALL_VIEW_SECTIONS = Object.values(VIEWS).flatMap((view) => view.sections);
+
+function currentView() {
+  const name = location.hash.slice(1);
+  return Object.hasOwn(VIEWS, name) ? name : "record";
+}
+
+// Show the view the address names; `focusHeading` moves the focus there (a keyboard user's
+// or a screen reader's place follows the click).
+function showView(focusHeading) {
+  if (!token()) return;
+  const name = currentView();
+  const view = VIEWS[name];
+  for (const id of ALL_VIEW_SECTIONS) $(id).hidden = !view.sections.includes(id);
+  for (const link of document.querySelectorAll("nav a[data-view]")) {
+    if (link.dataset.view === name) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  document.title = view.title;
+  if (view.enter) view.enter();
+  if (focusHeading) $(view.sections[0]).querySelector("h2").focus();
+}
+
+window.addEventListener("hashchange", () => showView(true));
+
 function signedIn(username) {
   $("who").textContent = username;
   $("signed-in").hidden = false;
   $("account").hidden = true;
-  $("capture").hidden = false;
-  $("latest").hidden = false;
-  loadLatest();
-  $("customer-email").focus();
+  for (const item of document.querySelectorAll(".signed-in-only")) item.hidden = false;
+  showView(false);
+  if (currentView() === "record") $("customer-email").focus();
 }
 
 function signedOut() {
@@ -64,9 +96,16 @@ function signedOut() {
   sessionStorage.removeItem(USER_KEY);
   $("signed-in").hidden = true;
   $("account").hidden = false;
-  $("capture").hidden = true;
-  $("latest").hidden = true;
+  for (const item of document.querySelectorAll(".signed-in-only")) item.hidden = true;
+  for (const id of ALL_VIEW_SECTIONS) $(id).hidden = true;
   $("result").hidden = true;
+  document.title = "Record a purchase";
+}
+
+// A 401 anywhere: the session ended (logout elsewhere, expiry); back to the sign-in form.
+function sessionEnded() {
+  signedOut();
+  $("sign-in-error").textContent = "Your session ended; please sign in again.";
 }
 
 async function signIn(username, password, form, prefix, summaryId) {
@@ -120,7 +159,7 @@ $("purchase-form").addEventListener("submit", async (event) => {
   const form = event.target;
   clearErrors(form);
   const answer = await api("POST", "/purchases", purchaseBody(fieldsOf(form)));
-  if (answer.status === 401) { signedOut(); $("sign-in-error").textContent = "Your session ended; please sign in again."; return; }
+  if (answer.status === 401) { sessionEnded(); return; }
   if (!answer.ok) { showProblem(form, "error-", "purchase-error", answer.data); return; }
   showResult(answer.data);
   form.querySelector("#item").value = "";

@@ -1,0 +1,260 @@
+// Reports (sales per day as a chart and a table, totals, top items) and Find a customer (summary
+// and purchases, paged with the cursor). Every figure is read from /reports/sales and the
+// customer routes; sums are added up here in whole cents. Needs page.js (api, $, showProblem).
+"use strict";
+
+const DAY_MS = 86400000;
+const MAX_DAYS = 366;
+const SVG = "http://www.w3.org/2000/svg";
+
+// "1250.5" or "1250.50" -> 125050 (whole cents: never a float sum of money).
+function cents(money) {
+  const [whole, fraction = ""] = money.split(".");
+  return Number(whole) * 100 + Number((fraction + "00").slice(0, 2));
+}
+
+function money(centsValue) {
+  const whole = Math.floor(centsValue / 100).toLocaleString("en-US");
+  return `${whole}.${String(centsValue % 100).padStart(2, "0")}`;
+}
+
+function isoDay(date) { return date.toISOString().slice(0, 10); }
+
+function cell(row, text, header) {
+  const element = document.createElement(header ? "th" : "td");
+  if (header) element.scope = "row";
+  element.textContent = text;
+  row.append(element);
+}
+
+function fillTable(table, rows) {
+  const body = table.tBodies[0];
+  body.replaceChildren();
+  for (const values of rows) {
+    const row = document.createElement("tr");
+    values.forEach((value, index) => cell(row, String(value), index === 0));
+    body.append(row);
+  }
+}
+
+// ---- Reports -------------------------------------------------------------------------------
+
+let lastRange = null;  // what was drawn: a resize redraws it
+let lastDays = null;
+
+function defaultRange() {
+  const today = new Date();
+  const from = new Date(today.getTime() - 29 * DAY_MS);
+  return { from: isoDay(from), to: isoDay(today) };
+}
+
+// The range's problems, beside the field that has each; null when it is good.
+function rangeProblem(from, to) {
+  const errors = {};
+  if (!from) errors.from = ["Choose the first day."];
+  if (!to) errors.to = ["Choose the last day."];
+  if (from && to) {
+    const days = (Date.parse(to) - Date.parse(from)) / DAY_MS + 1;
+    if (days < 1) errors.to = ["Must be on or after the first day."];
+    else if (days > MAX_DAYS) errors.from = [`At most ${MAX_DAYS} days at a time.`];
+  }
+  return Object.keys(errors).length ? { errors } : null;
+}
+
+function everyDay(from, to) {
+  const days = [];
+  for (let at = Date.parse(from); at <= Date.parse(to); at += DAY_MS) days.push(isoDay(new Date(at)));
+  return days;
+}
+
+async function showReport() {
+  const form = $("range-form");
+  clearErrors(form);
+  const { from, to } = fieldsOf(form);
+  const problem = rangeProblem(from, to);
+  if (problem) { showProblem(form, "range-error-", "range-error", problem); return; }
+  const since = `${from}T00:00:00Z`;
+  const until = `${isoDay(new Date(Date.parse(to) + DAY_MS))}T00:00:00Z`;
+  const range = `since=${encodeURIComponent(since)}&until=${encodeURIComponent(until)}`;
+  const [byDay, byItem] = await Promise.all([
+    api("GET", `/reports/sales?group_by=day&limit=1000&${range}`),
+    api("GET", `/reports/sales?group_by=item&limit=10&${range}`),
+  ]);
+  if (byDay.status === 401 || byItem.status === 401) { sessionEnded(); return; }
+  const failed = [byDay, byItem].find((answer) => !answer.ok);
+  if (failed) { showProblem(form, "range-error-", "range-error", failed.data); return; }
+
+  const rows = byDay.data.rows;
+  const total = (field) => rows.reduce((sum, row) => sum + row[field], 0);
+  $("total-purchases").textContent = total("purchases").toLocaleString("en-US");
+  $("total-quantity").textContent = total("quantity").toLocaleString("en-US");
+  $("total-revenue").textContent = `${money(rows.reduce((sum, row) => sum + cents(row.revenue), 0))} USD`;
+
+  $("report").hidden = false;  // first: the chart is drawn at the width it is shown at
+  const byKey = new Map(rows.map((row) => [row.key, row]));
+  lastRange = { from, to };
+  lastDays = everyDay(from, to).map((day) => ({ day, row: byKey.get(day) }));
+  drawChart();
+  fillTable($("days-table"), rows.map((row) => [row.key, row.purchases, row.quantity, row.revenue]));
+  fillTable($("top-items"), byItem.data.rows.map((row) => [row.key, row.purchases, row.quantity, row.revenue]));
+  $("report-empty").hidden = rows.length > 0;
+}
+
+function svg(name, attributes, text) {
+  const element = document.createElementNS(SVG, name);
+  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, String(value));
+  if (text !== undefined) element.textContent = text;
+  return element;
+}
+
+// Revenue per day as bars, drawn at the width the chart has (so its text stays legible).
+function drawChart() {
+  const chart = $("chart");
+  if (!lastDays) return;
+  const width = Math.max(280, Math.round(chart.parentElement.clientWidth));
+  const height = 220;
+  const left = 64, right = 8, top = 12, bottom = 26;
+  const plotWidth = width - left - right, plotHeight = height - top - bottom;
+  const values = lastDays.map(({ row }) => (row ? cents(row.revenue) : 0));
+  const highest = Math.max(...values, 0);
+  const scale = highest > 0 ? plotHeight / highest : 0;
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  chart.setAttribute("width", width);
+  chart.setAttribute("height", height);
+  chart.replaceChildren();
+
+  for (const fraction of [0, 0.5, 1]) {
+    const y = top + plotHeight - fraction * plotHeight;
+    chart.append(svg("line", { class: "grid", x1: left, x2: width - right, y1: y, y2: y }));
+    chart.append(svg("text", { class: "axis", x: left - 6, y: y + 4, "text-anchor": "end" }, money(Math.round(highest * fraction))));
+  }
+  const step = plotWidth / lastDays.length;
+  lastDays.forEach(({ day, row }, index) => {
+    const value = values[index];
+    const barHeight = value * scale;
+    const bar = svg("rect", {
+      class: "bar",
+      x: (left + index * step + step * 0.1).toFixed(2),
+      y: (top + plotHeight - barHeight).toFixed(2),
+      width: Math.max(1, step * 0.8).toFixed(2),
+      height: barHeight.toFixed(2),
+      "data-day": day,
+      "data-revenue": money(value),
+    });
+    const sold = row ? `${row.purchases} purchase${row.purchases === 1 ? "" : "s"}` : "no purchases";
+    bar.append(svg("title", {}, `${day}: ${money(value)} USD, ${sold}`));
+    chart.append(bar);
+  });
+  const labelled = lastDays.length > 1 ? [0, lastDays.length - 1] : [0];
+  for (const index of labelled) {
+    const anchor = index === 0 ? "start" : "end";
+    const x = index === 0 ? left : width - right;
+    chart.append(svg("text", { class: "axis", x, y: height - 8, "text-anchor": anchor }, lastDays[index].day));
+  }
+
+  const sold = lastDays.filter(({ row }) => row);
+  const best = sold.reduce((top, entry) => (!top || cents(entry.row.revenue) > cents(top.row.revenue) ? entry : top), null);
+  $("chart-caption").textContent = `Revenue per day (USD), ${lastRange.from} to ${lastRange.to}`;
+  $("chart-summary").textContent = best
+    ? `${sold.length} of ${lastDays.length} days had sales; the most was ${best.row.revenue} USD on ${best.day}. The table below has every day's figures.`
+    : `No sales on any of the ${lastDays.length} days.`;
+}
+
+let resizing = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizing);
+  resizing = setTimeout(drawChart, 150);
+});
+
+$("range-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  showReport();
+});
+
+VIEWS.reports.enter = () => {
+  const form = $("range-form");
+  if (!form.elements.from.value && !form.elements.to.value) {
+    const range = defaultRange();
+    form.elements.from.value = range.from;
+    form.elements.to.value = range.to;
+  }
+  showReport();
+};
+
+// ---- Find a customer ------------------------------------------------------------------------
+
+const PAGE_SIZE = 10;
+let customerId = null;
+let purchaseCount = 0;
+let nextCursor = null;
+
+function when(timestamp) {
+  return timestamp ? new Date(timestamp).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" }) : "-";
+}
+
+async function findCustomer() {
+  const form = $("find-form");
+  clearErrors(form);
+  const email = form.elements.email.value.trim();
+  if (!email) { showProblem(form, "find-error-", "find-error", { errors: { email: ["Enter the customer's email."] } }); return; }
+  const found = await api("GET", `/customers?email=${encodeURIComponent(email)}`);
+  if (found.status === 401) { sessionEnded(); return; }
+  if (!found.ok) { showProblem(form, "find-error-", "find-error", found.data); return; }
+  const [customer] = found.data.items;
+  if (!customer) {
+    $("found").hidden = true;
+    showProblem(form, "find-error-", "find-error", { errors: { email: ["No customer has this email."] } });
+    return;
+  }
+  const summary = await api("GET", `/customers/${customer.id}/summary`);
+  if (!summary.ok) { showProblem(form, "find-error-", "find-error", summary.data); return; }
+  const s = summary.data;
+  $("found-name").textContent = customer.name;
+  $("found-email").textContent = customer.email;
+  $("found-count").textContent = s.purchase_count.toLocaleString("en-US");
+  $("found-quantity").textContent = s.total_quantity.toLocaleString("en-US");
+  $("found-spent").textContent = `${s.total_spent} USD`;
+  $("found-first").textContent = when(s.first_purchase_at);
+  $("found-last").textContent = when(s.last_purchase_at);
+  fillTable($("found-top"), s.top_items.map((top) => [top.item, top.quantity, top.spent]));
+  customerId = customer.id;
+  purchaseCount = s.purchase_count;
+  nextCursor = null;
+  $("found-purchases").replaceChildren();
+  $("found").hidden = false;
+  await morePurchases();
+}
+
+async function morePurchases() {
+  const cursor = nextCursor ? `&cursor=${encodeURIComponent(nextCursor)}` : "";
+  const page = await api("GET", `/customers/${customerId}/purchases?limit=${PAGE_SIZE}${cursor}`);
+  if (page.status === 401) { sessionEnded(); return; }
+  if (!page.ok) { $("find-error").textContent = (page.data && page.data.detail) || "Could not load the purchases."; return; }
+  const list = $("found-purchases");
+  for (const purchase of page.data.items) {
+    const row = document.createElement("li");
+    const what = document.createElement("span");
+    what.textContent = `${purchase.quantity} × ${purchase.item} — ${purchase.total} ${purchase.currency}`;
+    const at = document.createElement("span");
+    at.className = "meta";
+    at.textContent = when(purchase.purchased_at);
+    row.append(what, at);
+    list.append(row);
+  }
+  nextCursor = page.data.next_cursor;
+  $("found-more").hidden = !nextCursor;
+  $("found-shown").textContent = `${list.children.length} of ${purchaseCount} shown`;
+}
+
+$("find-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  findCustomer();
+});
+
+$("found-more").addEventListener("click", async () => {
+  const before = $("found-purchases").children.length;
+  await morePurchases();
+  // Keep the keyboard's place: the first of the rows just added (the button may be gone now).
+  const first = $("found-purchases").children[before];
+  if (first) { first.tabIndex = -1; first.focus(); }
+});
