@@ -5,7 +5,7 @@
 
 const DAY_MS = 86400000;
 const MAX_DAYS = 366;
-const SVG = "http://www.w3.org/2000/svg";
+const SVG = $("chart").namespaceURI;  // an <svg> in HTML is in the SVG namespace
 
 // "1250.5" or "1250.50" -> 125050 (whole cents: never a float sum of money).
 function cents(money) {
