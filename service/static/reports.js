@@ -153,7 +153,7 @@ function drawChart() {
   }
 
   const sold = lastDays.filter(({ row }) => row);
-  const best = sold.reduce((top, entry) => (!top || cents(entry.row.revenue) > cents(top.row.revenue) ? entry : top), null);
+  const best = sold.reduce((most, entry) => (!most || cents(entry.row.revenue) > cents(most.row.revenue) ? entry : most), null);
   $("chart-caption").textContent = `Revenue per day (USD), ${lastRange.from} to ${lastRange.to}`;
   $("chart-summary").textContent = best
     ? `${sold.length} of ${lastDays.length} days had sales; the most was ${best.row.revenue} USD on ${best.day}. The table below has every day's figures.`
