@@ -160,11 +160,27 @@ async def record_purchase(
             raise key_not_live()
         return dict(row)
     if isinstance(caller, PresentedApiKey):
-        caller = await check_api_key(db, caller)
-    values = _purchase_values(purchase, caller.captured_by, now)
-    [upserted], [inserted] = await db.fetch_all_atomically(
-        [(db.sql.upsert_customer, customer), (db.sql.insert_purchase, {**values, "email": customer["email"]})]
-    )
+        # SQLite: the key is checked inside the write's own transaction, not by a read hop first.
+        values = _purchase_values(purchase, None, now)
+        key = {"key_hash": caller.key_hash}
+        upserted_rows, inserted_rows = await db.fetch_all_atomically(
+            [
+                (db.sql.upsert_customer_for_key, {**customer, **key}),
+                (db.sql.insert_purchase_for_key, {**values, **key, "email": customer["email"]}),
+            ]
+        )
+        if not inserted_rows:
+            raise key_not_live()
+        [upserted], [inserted] = upserted_rows, inserted_rows
+        values["captured_by"] = inserted["captured_by"]
+    else:
+        values = _purchase_values(purchase, caller.captured_by, now)
+        [upserted], [inserted] = await db.fetch_all_atomically(
+            [
+                (db.sql.upsert_customer, customer),
+                (db.sql.insert_purchase, {**values, "email": customer["email"]}),
+            ]
+        )
     return {
         **values,
         **{f"customer_{key}": upserted[key] for key in ("id", "email", "name", "created_at", "updated_at")},

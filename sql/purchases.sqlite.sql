@@ -41,3 +41,25 @@ ORDER BY p.key
 -- The write lock is held and a new row's id is the table's largest plus one (SQLite's rule below
 -- the largest 64-bit id), so the batch's ids are the `inserted` ids up to `last_id`, in batch order.
 SELECT changes() AS inserted, last_insert_rowid() AS last_id
+
+-- name: upsert_customer_for_key
+-- upsert_customer for a caller presenting an API key, checked in the same transaction (one hop
+-- to the connection's thread instead of a read first): no live key with this hash, no row.
+INSERT INTO customers (email, name, created_at, updated_at)
+SELECT :email, :name, :now, :now
+WHERE EXISTS (SELECT 1 FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL)
+ON CONFLICT (email) DO UPDATE
+SET name = excluded.name,
+    updated_at = CASE WHEN excluded.updated_at > customers.updated_at
+                      THEN excluded.updated_at ELSE customers.updated_at END,
+    revision = customers.revision + 1
+RETURNING id, email, name, created_at, updated_at, revision
+
+-- name: insert_purchase_for_key
+-- insert_purchase, captured by the live API key with this hash (none: no row).
+INSERT INTO purchases
+    (customer_id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by, created_at)
+SELECT c.id, :item, :quantity, :unit_price_cents, :total_cents, :purchased_at, 'api_key:' || k.name, :now
+FROM customers AS c, api_keys AS k
+WHERE c.email = :email AND k.key_hash = :key_hash AND k.revoked_at IS NULL
+RETURNING id, purchased_at, captured_by

@@ -249,3 +249,31 @@ def test_every_purchase_route_needs_a_credential(client: TestClient, method: str
     response = client.request(method, path, json=purchase() if method == "POST" else None)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_purchase_with_a_key_that_is_not_live_is_401_and_writes_nothing(
+    client: TestClient, settings: Settings, database_url: str
+) -> None:
+    import asyncio
+
+    from service.apikeys import revoke_api_key
+    from service.db import open_database
+
+    key = make_api_key(settings, "billing")
+    assert client.post("/purchases", json=purchase(), headers={"X-API-Key": key}).status_code == 201
+
+    async def revoke() -> None:
+        db = open_database(settings)
+        await db.connect()
+        try:
+            assert await revoke_api_key(db, "billing")
+        finally:
+            await db.disconnect()
+
+    asyncio.run(revoke())
+    before = table_counts(database_url)
+    for presented in (key, "pfs_never-given-to-anyone"):
+        response = client.post("/purchases", json=purchase("new@example.com"), headers={"X-API-Key": presented})
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert table_counts(database_url) == before  # neither the new customer nor a purchase
