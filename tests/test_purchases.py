@@ -273,7 +273,9 @@ def test_a_purchase_with_a_key_that_is_not_live_is_401_and_writes_nothing(
     asyncio.run(revoke())
     before = table_counts(database_url)
     for presented in (key, "pfs_never-given-to-anyone"):
-        response = client.post("/purchases", json=purchase("new@example.com"), headers={"X-API-Key": presented})
+        response = client.post(
+            "/purchases", json=purchase("new@example.com"), headers={"X-API-Key": presented}
+        )
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == "Bearer"
     assert table_counts(database_url) == before  # neither the new customer nor a purchase
