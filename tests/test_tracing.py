@@ -143,7 +143,11 @@ def test_a_rejected_request_records_its_status_without_failing_the_span(
     span = server_span(exporter)
     assert span.attributes is not None and span.attributes["http.response.status_code"] == 422
     assert span.status.status_code is StatusCode.UNSET  # the caller's mistake
-    written = {child.name for child in children_of(exporter, span)} & {"record_purchase", "upsert_customer", "upsert_customer_for_key"}
+    written = {child.name for child in children_of(exporter, span)} & {
+        "record_purchase",
+        "upsert_customer",
+        "upsert_customer_for_key",
+    }
     assert written == set()  # refused before any write
 
 
