@@ -148,39 +148,28 @@ async def record_purchase(
     """
     now = utc_now()
     customer = {"email": purchase["customer"]["email"], "name": purchase["customer"]["name"], "now": now}
+    if isinstance(caller, Caller):
+        captured_by, key_hash = caller.captured_by, None
+    else:
+        captured_by, key_hash = None, caller.key_hash
+    values = _purchase_values(purchase, captured_by, now)
     if "record_purchase" in db.sql:
         # PostgreSQL: the key check, the upsert and the insert reach the server as one statement.
-        if isinstance(caller, Caller):
-            captured_by, key_hash = caller.captured_by, None
-        else:
-            captured_by, key_hash = None, caller.key_hash
-        values = _purchase_values(purchase, captured_by, now)
         row = await db.fetch_one(db.sql.record_purchase, {**customer, **values, "key_hash": key_hash})
         if row is None:
             raise key_not_live()
         return dict(row)
-    if isinstance(caller, PresentedApiKey):
-        # SQLite: the key is checked inside the write's own transaction, not by a read hop first.
-        values = _purchase_values(purchase, None, now)
-        key = {"key_hash": caller.key_hash}
-        upserted_rows, inserted_rows = await db.fetch_all_atomically(
-            [
-                (db.sql.upsert_customer_for_key, {**customer, **key}),
-                (db.sql.insert_purchase_for_key, {**values, **key, "email": customer["email"]}),
-            ]
-        )
-        if not inserted_rows:
-            raise key_not_live()
-        [upserted], [inserted] = upserted_rows, inserted_rows
-        values["captured_by"] = inserted["captured_by"]
-    else:
-        values = _purchase_values(purchase, caller.captured_by, now)
-        [upserted], [inserted] = await db.fetch_all_atomically(
-            [
-                (db.sql.upsert_customer, customer),
-                (db.sql.insert_purchase, {**values, "email": customer["email"]}),
-            ]
-        )
+    # SQLite: the upsert and the insert each check the key, in one hop to the connection's thread.
+    upserted_rows, inserted_rows = await db.fetch_all_atomically(
+        [
+            (db.sql.upsert_customer, {**customer, "key_hash": key_hash}),
+            (db.sql.insert_purchase, {**values, "key_hash": key_hash, "email": customer["email"]}),
+        ]
+    )
+    if not inserted_rows:
+        raise key_not_live()
+    [upserted], [inserted] = upserted_rows, inserted_rows
+    values["captured_by"] = inserted["captured_by"]
     return {
         **values,
         **{f"customer_{key}": upserted[key] for key in ("id", "email", "name", "created_at", "updated_at")},

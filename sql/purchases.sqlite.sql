@@ -42,12 +42,15 @@ ORDER BY p.key
 -- the largest 64-bit id), so the batch's ids are the `inserted` ids up to `last_id`, in batch order.
 SELECT changes() AS inserted, last_insert_rowid() AS last_id
 
--- name: upsert_customer_for_key
--- upsert_customer for a caller presenting an API key, checked in the same transaction (one hop
--- to the connection's thread instead of a read first): no live key with this hash, no row.
+-- name: upsert_customer
+-- Insert the customer by email, or update its name; revision 1 means this call inserted it.
+-- updated_at never moves backwards, whichever of two racing writers commits last. The caller is
+-- known already (:captured_by, with :key_hash null), or is an API key checked here by its hash,
+-- inside the write's transaction (as PostgreSQL's record_purchase does): no live key, no row.
 INSERT INTO customers (email, name, created_at, updated_at)
 SELECT :email, :name, :now, :now
-WHERE EXISTS (SELECT 1 FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL)
+WHERE :key_hash IS NULL
+   OR EXISTS (SELECT 1 FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL)
 ON CONFLICT (email) DO UPDATE
 SET name = excluded.name,
     updated_at = CASE WHEN excluded.updated_at > customers.updated_at
@@ -55,11 +58,15 @@ SET name = excluded.name,
     revision = customers.revision + 1
 RETURNING id, email, name, created_at, updated_at, revision
 
--- name: insert_purchase_for_key
--- insert_purchase, captured by the live API key with this hash (none: no row).
+-- name: insert_purchase
+-- Append one purchase for the customer with this email, upserted just before in the same
+-- transaction, captured by the known caller or the live API key with :key_hash (none: no row).
 INSERT INTO purchases
     (customer_id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by, created_at)
-SELECT c.id, :item, :quantity, :unit_price_cents, :total_cents, :purchased_at, 'api_key:' || k.name, :now
-FROM customers AS c, api_keys AS k
-WHERE c.email = :email AND k.key_hash = :key_hash AND k.revoked_at IS NULL
+SELECT c.id, :item, :quantity, :unit_price_cents, :total_cents, :purchased_at, caller.captured_by, :now
+FROM customers AS c,
+     (SELECT :captured_by AS captured_by WHERE :key_hash IS NULL
+      UNION ALL
+      SELECT 'api_key:' || name FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL) AS caller
+WHERE c.email = :email
 RETURNING id, purchased_at, captured_by

@@ -295,12 +295,11 @@ def slow_purchase_queries(dialect: str) -> Queries:
         sql = original.source.replace("FROM customer, purchase", "FROM customer, purchase, pg_sleep(3)")
         statements["record_purchase"] = _slow(original, sql)
     else:
-        # The test's caller sends an API key: SQLite's write checks it in insert_purchase_for_key.
-        original = statements["insert_purchase_for_key"]
+        original = statements["insert_purchase"]
         count = "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) FROM n)"
         sql = original.source.replace("WHERE c.email = :email", f"WHERE c.email = :email AND {count} > 0")
         assert sql != original.source
-        statements["insert_purchase_for_key"] = _slow(original, sql)
+        statements["insert_purchase"] = _slow(original, sql)
     return Queries(statements)
 
 

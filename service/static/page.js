@@ -181,20 +181,25 @@ function showResult(purchase) {
   box.hidden = false;
 }
 
+// One purchase in a list: what was bought and its total, then `meta` (who, when) in grey.
+function purchaseRow(purchase, meta) {
+  const row = document.createElement("li");
+  const what = document.createElement("span");
+  what.textContent = `${purchase.quantity} × ${purchase.item} — ${purchase.total} ${purchase.currency}`;
+  const detail = document.createElement("span");
+  detail.className = "meta";
+  detail.textContent = meta;
+  row.append(what, detail);
+  return row;
+}
+
 async function loadLatest() {
   const answer = await api("GET", "/purchases?limit=10");
   const list = $("latest-list");
   list.replaceChildren();
   if (!answer.ok) return;
   for (const purchase of answer.data.items) {
-    const row = document.createElement("li");
-    const what = document.createElement("span");
-    what.textContent = `${purchase.quantity} × ${purchase.item} — ${purchase.total} ${purchase.currency}`;
-    const who = document.createElement("span");
-    who.className = "meta";
-    who.textContent = `${purchase.customer.email} · ${new Date(purchase.purchased_at).toLocaleString()}`;
-    row.append(what, who);
-    list.append(row);
+    list.append(purchaseRow(purchase, `${purchase.customer.email} · ${new Date(purchase.purchased_at).toLocaleString()}`));
   }
   $("latest-empty").hidden = answer.data.items.length > 0;
 }

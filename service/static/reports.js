@@ -1,6 +1,6 @@
 // Reports (sales per day as a chart and a table, totals, top items) and Find a customer (summary
 // and purchases, paged with the cursor). Every figure is read from /reports/sales and the
-// customer routes; sums are added up here in whole cents. Needs page.js (api, $, showProblem).
+// customer routes; sums are added up here in whole cents. Needs page.js (api, $, showProblem, purchaseRow).
 "use strict";
 
 const DAY_MS = 86400000;
@@ -231,16 +231,7 @@ async function morePurchases() {
   if (page.status === 401) { sessionEnded(); return; }
   if (!page.ok) { $("find-error").textContent = (page.data && page.data.detail) || "Could not load the purchases."; return; }
   const list = $("found-purchases");
-  for (const purchase of page.data.items) {
-    const row = document.createElement("li");
-    const what = document.createElement("span");
-    what.textContent = `${purchase.quantity} × ${purchase.item} — ${purchase.total} ${purchase.currency}`;
-    const at = document.createElement("span");
-    at.className = "meta";
-    at.textContent = when(purchase.purchased_at);
-    row.append(what, at);
-    list.append(row);
-  }
+  for (const purchase of page.data.items) list.append(purchaseRow(purchase, when(purchase.purchased_at)));
   nextCursor = page.data.next_cursor;
   $("found-more").hidden = !nextCursor;
   $("found-shown").textContent = `${list.children.length} of ${purchaseCount} shown`;
