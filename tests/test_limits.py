@@ -158,11 +158,15 @@ def test_a_held_lock_costs_its_writers_a_503_at_the_limit_and_no_one_else_anythi
     with live_service(DB_LOCK_TIMEOUT_MS=str(lock_ms)) as base:
         result = asyncio.run(scenario(base))
 
-    for response, seconds in result["refused"]:
+    for response, _ in result["refused"]:
         assert_limit_problem(response, "DB_LOCK_TIMEOUT_MS")
-        assert seconds < lock_ms / 1000 + MARGIN_SECONDS, seconds
-    slowest = max(seconds for _, seconds in result["refused"])
-    assert slowest > lock_ms / 1000 * 0.9  # they did wait for the lock, as long as they may
+    waits = [seconds for _, seconds in result["refused"]]
+    slowest = max(waits)
+    assert min(waits) > lock_ms / 1000 * 0.9  # they did wait for the lock, as long as they may
+    # ...and all came back together: none took its turn late and then waited a whole limit more.
+    # (A stall of a busy machine delays them alike, hence the spread and a looser absolute bound.)
+    assert slowest - min(waits) < MARGIN_SECONDS, waits
+    assert slowest < lock_ms / 1000 + MARGIN_SECONDS * 2, waits
     # Everyone else went on as before, and the instance stayed ready.
     assert {response.status_code for response, _ in result["before"] + result["during"]} == {
         201 if backend != "sqlite" else 200
