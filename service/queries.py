@@ -4,6 +4,10 @@ Files use the aiosql layout: `-- name: upsert_customer` above each statement, co
 as its docstring, parameters written `:email`. `sql/<domain>.sql` holds what both databases accept;
 `sql/<domain>.<dialect>.sql` overrides a name (or adds one) where the dialects truly differ.
 
+A comment line `-- plan: per call` marks a statement whose best plan depends on its values (a
+report over a day or over a year): PostgreSQL plans it afresh each time, where every other
+statement keeps one generic plan per connection (see `service.postgres_backend`).
+
 Compiling here, once, spares every request SQLAlchemy's `text()` parse and compile.
 """
 
@@ -21,6 +25,7 @@ from sqlalchemy.sql import ClauseElement
 DIALECTS = ("sqlite", "postgresql")
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*([A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
+_PLAN_PER_CALL = "plan: per call"
 # String literals, quoted identifiers and comments pass through untouched; `::` is a PostgreSQL cast.
 _TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|::|:([A-Za-z_][A-Za-z0-9_]*)""")
 
@@ -31,11 +36,14 @@ class Statement(ClauseElement):
     __visit_name__ = "named_statement"
     inherit_cache = False
 
-    def __init__(self, name: str, doc: str, source: str, dialect: str) -> None:
+    def __init__(
+        self, name: str, doc: str, source: str, dialect: str, planned_per_call: bool = False
+    ) -> None:
         self.name = name
         self.doc = doc
         self.source = source
         self.dialect = dialect
+        self.planned_per_call = planned_per_call
         self.parameters, self.sql = _compile(source, dialect)
 
     def values(self, **values: Any) -> BoundStatement:
@@ -103,6 +111,7 @@ class _Source:
     name: str
     doc: str
     sql: str
+    planned_per_call: bool
 
 
 def parse_statements(text: str) -> Iterator[_Source]:
@@ -121,7 +130,9 @@ def parse_statements(text: str) -> Iterator[_Source]:
         sql = "\n".join(sql_lines).strip().rstrip(";").strip()
         if not sql:
             raise ValueError(f"statement {mark.group(1)} has no SQL")
-        yield _Source(mark.group(1), " ".join(doc_lines), sql)
+        planned_per_call = _PLAN_PER_CALL in doc_lines
+        doc = " ".join(line for line in doc_lines if line != _PLAN_PER_CALL)
+        yield _Source(mark.group(1), doc, sql, planned_per_call)
 
 
 class Queries:
@@ -166,5 +177,7 @@ def load_queries(dialect: str, directory: Path | None = None) -> Queries:
             if source.name in seen_here:
                 raise ValueError(f"{path.name}: statement {source.name} is defined twice")
             seen_here.add(source.name)
-            statements[source.name] = Statement(source.name, source.doc, source.sql, dialect)
+            statements[source.name] = Statement(
+                source.name, source.doc, source.sql, dialect, source.planned_per_call
+            )
     return Queries(statements)

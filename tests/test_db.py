@@ -244,6 +244,16 @@ def test_every_statement_has_a_docstring() -> None:
             assert statement.doc, f"{path.name}: {statement.name} needs a comment line saying what it does"
 
 
+def test_reports_alone_are_planned_per_call() -> None:
+    queries = load_queries("postgresql")
+    assert {statement.name for statement in queries if statement.planned_per_call} == {
+        "sales_by_day",
+        "sales_by_item",
+        "sales_by_customer",
+    }
+    assert "plan:" not in queries.sales_by_day.doc and queries.sales_by_day.doc
+
+
 def test_missing_parameters_are_named() -> None:
     with pytest.raises(KeyError, match=":key_hash"):
         load_queries("sqlite").find_live_api_key.values()
@@ -320,3 +330,38 @@ def test_writers_readers_and_transactions_at_once_never_deadlock(settings: Setti
             await db.disconnect()
 
     assert asyncio.run(run()) == 20 + 20 * 2
+
+
+def test_postgres_keeps_one_generic_plan_per_statement_and_plans_reports_per_call(
+    postgres_database: str,
+) -> None:
+    """A paginated list (`LIMIT $n`) is never re-planned on PostgreSQL's `auto` cost comparison,
+    which costs such a plan at a tenth of the table and so planned it afresh on every call; a
+    report over a caller's range is planned for its values each time, in a transaction or not."""
+    one_connection = replace(
+        load_settings(environ={}, env_file=None), database_url=postgres_database, db_pool_min=1, db_pool_max=1
+    )
+    far_past, now = utc_now().replace(year=2000), utc_now()
+    page = {"before_at": now, "before_id": 2**63 - 1, "limit": 21}
+    report = {"since": far_past, "until": now, "limit": 10}
+
+    async def plans_made() -> dict[str, tuple[int, int]]:
+        prepare_schema(postgres_database)
+        db = open_database(one_connection)
+        await db.connect()
+        try:
+            for _ in range(8):
+                await db.fetch_all(db.sql.list_posts, page)
+                await db.fetch_all(db.sql.sales_by_day, report)
+            async with db.transaction():  # inside an open transaction: a savepoint of its own
+                await db.fetch_all(db.sql.list_posts, page)
+                await db.fetch_all(db.sql.sales_by_day, report)
+            rows = await db.fetch_all(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            )
+            by_sql = {row[0]: (row[1], row[2]) for row in rows}
+            return {name: by_sql[getattr(db.sql, name).sql] for name in ("list_posts", "sales_by_day")}
+        finally:
+            await db.disconnect()
+
+    assert asyncio.run(plans_made()) == {"list_posts": (9, 0), "sales_by_day": (0, 9)}
