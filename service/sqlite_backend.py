@@ -149,6 +149,12 @@ class _StatementClock:
 
 CHECKPOINT_INTERVAL_SECONDS = 0.5
 AUTOCHECKPOINT_BACKSTOP_PAGES = 10_000
+# Each pooled connection's page cache (SQLite's default is 2 MiB). A 1,000-row batch dirties a page
+# of ix_purchases_customer per row (customers arrive in no order): past 2 MiB SQLite spills dirty
+# pages to the WAL mid-transaction and reads them back. At 250,000 purchases the batch's insert
+# took 18.4 ms with 2 MiB and 12.0 with 16 MiB (8, 16 and 32 MiB measured alike). Pages are
+# allocated as used, so a small database never takes it.
+CACHE_KIB = 16 * 1024
 
 
 class Checkpointer:
@@ -229,6 +235,7 @@ class SQLitePool:
             # WAL makes NORMAL safe from corruption; a power cut may lose the last commits, not the file.
             await connection.execute("PRAGMA synchronous = NORMAL")
             await connection.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_BACKSTOP_PAGES}")
+            await connection.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             clock = _StatementClock(self.limits.statement_timeout_ms / 1000, self.limits.lock_timeout_ms)
             raw = connection._conn
             await connection._execute(lambda: raw.set_progress_handler(clock.expired, _STEPS_BETWEEN_CHECKS))  # type: ignore[no-untyped-call]

@@ -18,7 +18,7 @@ from service.config import Settings, load_settings
 from service.db import open_database
 from service.migrations.schema import prepare_schema
 from service.queries import load_queries, parse_statements, sql_directory
-from service.sqlite_backend import AUTOCHECKPOINT_BACKSTOP_PAGES, CHECKPOINT_INTERVAL_SECONDS
+from service.sqlite_backend import AUTOCHECKPOINT_BACKSTOP_PAGES, CACHE_KIB, CHECKPOINT_INTERVAL_SECONDS
 from service.tables import metadata
 from service.timestamps import utc_now
 
@@ -91,7 +91,9 @@ def test_sqlite_connections_are_set_up_once_and_kept(sqlite_settings: Settings) 
     assert opened == settings.db_pool_min  # not one per request, as the stock backend does
 
 
-def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_settings: Settings) -> None:
+def test_sqlite_connections_use_wal_foreign_keys_a_busy_timeout_and_a_larger_cache(
+    sqlite_settings: Settings,
+) -> None:
     settings = sqlite_settings
 
     async def pragmas() -> tuple[Any, ...]:
@@ -100,7 +102,7 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_setti
         await db.connect()
         try:
             values = []
-            for name in ("journal_mode", "foreign_keys", "busy_timeout"):
+            for name in ("journal_mode", "foreign_keys", "busy_timeout", "cache_size"):
                 row = await db.fetch_one(f"PRAGMA {name}")
                 assert row is not None
                 values.append(row[0])
@@ -108,7 +110,8 @@ def test_sqlite_connections_use_wal_foreign_keys_and_a_busy_timeout(sqlite_setti
         finally:
             await db.disconnect()
 
-    assert asyncio.run(pragmas()) == ("wal", 1, settings.db_lock_timeout_ms)
+    assert asyncio.run(pragmas()) == ("wal", 1, settings.db_lock_timeout_ms, -CACHE_KIB)
+    assert CACHE_KIB > 2000  # SQLite's default: a 1,000-row batch spilled out of it
 
 
 def test_sqlite_checkpoints_run_beside_the_writers(sqlite_settings: Settings) -> None:
