@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -40,6 +41,9 @@ from service.tracing import (
 from service.validation import USERNAME_REGEX
 
 log = logging.getLogger("service")
+
+# How long a thread may hold the GIL while another asks for it (Python's default: 5 ms); see serve_app.
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -227,4 +231,9 @@ def serve_app() -> Starlette:
     # the default 700 allocations a young collection ran every request or two (470 ms of each 10 s
     # under POST /purchases load), at 20,000 a few times a second (31 ms).
     gc.set_threshold(20_000, 10, 10)
+    # On SQLite each statement runs on a connection's thread, which needs the GIL back between
+    # steps: at the default 5 ms interval it waited for the event loop's thread (validating the
+    # next batch) for ~7 ms of each 30 ms 1,000-row batch, while holding the write lock. At 1 ms,
+    # batch rows/s rose 18% and 30% in two paired bench runs, single purchases unchanged.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     return app

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sqlite3
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,8 @@ import aiosqlite
 import pytest
 from starlette.testclient import TestClient
 
-from service.app import create_app
+from service import app as app_module
+from service.app import SWITCH_INTERVAL_SECONDS, create_app
 from service.config import Settings, load_settings
 from service.db import open_database
 from service.migrations.schema import prepare_schema
@@ -368,3 +371,24 @@ def test_postgres_keeps_one_generic_plan_per_statement_and_plans_reports_per_cal
             await db.disconnect()
 
     assert asyncio.run(plans_made()) == {"list_posts": (9, 0), "sales_by_day": (0, 9)}
+
+
+def test_a_served_worker_freezes_start_up_and_hands_the_gil_over_sooner(
+    sqlite_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `serve_app` does to each uvicorn worker's interpreter (README: How it talks to the
+    database): start-up's objects frozen out of the collector, young collections every 20,000
+    allocations, and a 1 ms GIL switch interval for the SQLite connection threads."""
+    monkeypatch.setenv("DATABASE_URL", sqlite_settings.database_url)
+    monkeypatch.setenv("SECRET_KEY", sqlite_settings.secret_key)
+    monkeypatch.setattr(app_module, "configure_logging", lambda *_: None)  # the suite's own stays
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    try:
+        app_module.serve_app()
+        assert gc.get_freeze_count() > 10_000
+        assert gc.get_threshold() == (20_000, 10, 10)
+        assert sys.getswitchinterval() == SWITCH_INTERVAL_SECONDS == 0.001
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
