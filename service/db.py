@@ -40,6 +40,7 @@ class Database(databases.Database):
         limits = options.setdefault("limits", DatabaseLimits())
         super().__init__(url, **options)
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+        self._on_sqlite = self.dialect == "sqlite"
         self.sql = queries or load_queries(self.dialect)
         self.writer_turns = WriterTurns(limits.lock_timeout_ms / 1000)
         self.replicas: ReplicaSet | None = None
@@ -118,9 +119,28 @@ class Database(databases.Database):
     def _served_by(self, target: str) -> None:
         observe_statement_target(target)
 
+    async def _alone_on_sqlite(
+        self, statement: Statement, values: dict[str, Any] | None
+    ) -> tuple[list[Any], int]:
+        """A named statement on its own on SQLite: a read on a read lane (or a lent connection when
+        there are none), a write as a transaction of its own, under the write lock. Its rows, and
+        how many rows it changed."""
+        assert isinstance(self._backend, SQLiteBackend)
+        pool = self._backend.pool
+        bound = statement.values(**(values or {}))
+        if statement.reads_only:
+            if pool.lanes:
+                return await pool.read_alone(bound), -1
+            rows = await self._run_borrowed(lambda connection: connection.fetch_all(bound))
+            return rows, -1
+        async with pool.write_lock:
+            return await self._run_borrowed(lambda connection: connection.write_alone(bound))
+
     async def fetch_all(self, query: Any, values: dict[str, Any] | None = None) -> list[Any]:
         if not self._borrows(query):
             return await super().fetch_all(query, values)
+        if self._on_sqlite:
+            return (await self._alone_on_sqlite(query, values))[0]
         bound = query.values(**(values or {}))
         run: Callable[[Any], Awaitable[list[Any]]] = lambda connection: connection.fetch_all(bound)  # noqa: E731
         if self.replicas is None:  # the usual case: no extra hop on the hot path
@@ -130,6 +150,9 @@ class Database(databases.Database):
     async def fetch_one(self, query: Any, values: dict[str, Any] | None = None) -> Any:
         if not self._borrows(query):
             return await super().fetch_one(query, values)
+        if self._on_sqlite:
+            rows = (await self._alone_on_sqlite(query, values))[0]
+            return rows[0] if rows else None
         bound = query.values(**(values or {}))
         run: Callable[[Any], Awaitable[Any]] = lambda connection: connection.fetch_one(bound)  # noqa: E731
         if self.replicas is None:
@@ -139,6 +162,8 @@ class Database(databases.Database):
     async def execute(self, query: Any, values: dict[str, Any] | None = None) -> Any:
         if not self._borrows(query):
             return await super().execute(query, values)
+        if self._on_sqlite:
+            return (await self._alone_on_sqlite(query, values))[1]
         bound = query.values(**(values or {}))
         return await self._run_borrowed(lambda connection: connection.execute(bound))
 

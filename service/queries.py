@@ -8,6 +8,10 @@ A comment line `-- plan: per call` marks a statement whose best plan depends on 
 report over a day or over a year): PostgreSQL plans it afresh each time, where every other
 statement keeps one generic plan per connection (see `service.postgres_backend`).
 
+A statement that starts with SELECT (or WITH) and names no INSERT, UPDATE, DELETE or REPLACE
+`reads_only`: on SQLite it is queued on a reader connection, and everything else takes the write
+lock (see `service.sqlite_backend`). A read that looks like a write only costs it the shorter queue.
+
 Compiling here, once, spares every request SQLAlchemy's `text()` parse and compile.
 """
 
@@ -27,6 +31,7 @@ DIALECTS = ("sqlite", "postgresql")
 _NAME_LINE = re.compile(r"^--\s*name:\s*([A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
 _PLAN_PER_CALL = "plan: per call"
 # String literals, quoted identifiers and comments pass through untouched; `::` is a PostgreSQL cast.
+_WRITING = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 _TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|::|:([A-Za-z_][A-Za-z0-9_]*)""")
 
 
@@ -45,6 +50,7 @@ class Statement(ClauseElement):
         self.dialect = dialect
         self.planned_per_call = planned_per_call
         self.parameters, self.sql = _compile(source, dialect)
+        self.reads_only = _reads_only(source)
 
     def values(self, **values: Any) -> BoundStatement:
         missing = [name for name in self.parameters if name not in values]
@@ -87,6 +93,11 @@ def bound(query: ClauseElement) -> BoundStatement | None:
     if isinstance(query, Statement):
         return query.values()
     return None
+
+
+def _reads_only(source: str) -> bool:
+    words = re.sub(r"--[^\n]*", "", source).split(None, 1)
+    return bool(words) and words[0].upper() in ("SELECT", "WITH") and not _WRITING.search(source)
 
 
 def _compile(source: str, dialect: str) -> tuple[tuple[str, ...], str]:

@@ -161,6 +161,12 @@ def pooler_settings(database_url: str) -> dict[str, str]:
 
 
 @pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """The default settings on an empty SQLite file, for what only SQLite has."""
+    return replace(load_settings(environ={}, env_file=None), database_url=f"sqlite:///{tmp_path / 'only.db'}")
+
+
+@pytest.fixture
 def settings(database_url: str) -> Settings:
     return replace(
         load_settings(environ={"DATABASE_URL": database_url, **pooler_settings(database_url)}, env_file=None),

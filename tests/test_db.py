@@ -71,11 +71,6 @@ def test_sorted_lists_are_read_in_index_order(name: str, tmp_path: Path) -> None
     assert "TEMP B-TREE FOR ORDER BY" not in details, details
 
 
-@pytest.fixture
-def sqlite_settings(tmp_path: Path) -> Settings:
-    return replace(load_settings(environ={}, env_file=None), database_url=f"sqlite:///{tmp_path / 'only.db'}")
-
-
 def test_sqlite_connections_are_set_up_once_and_kept(sqlite_settings: Settings) -> None:
     settings = sqlite_settings
     opened = 0

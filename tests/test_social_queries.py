@@ -16,7 +16,7 @@ from service.db import Database, open_database
 from service.migrations.schema import prepare_schema
 from service.postgres_backend import PostgresConnection
 from service.seed import SeedSize, seed
-from service.sqlite_backend import SQLiteConnection
+from service.sqlite_backend import SQLiteConnection, SQLitePool
 from service.timestamps import utc_now
 from tests.conftest import bearer, login
 from tests.test_social import post, user
@@ -77,11 +77,20 @@ def test_comment_pages_are_stable_oldest_first(client: TestClient, monkeypatch: 
 @pytest.fixture
 def statements_sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The name of every statement a driver connection was given while the test runs (both backends'
-    connections, whether reached through a `databases.Connection` or borrowed for one statement)."""
+    connections, whether reached through a `databases.Connection`, borrowed for one statement, or
+    queued on a SQLite read lane)."""
     sent: list[str] = []
     inside: list[bool] = []  # SQLite's fetch_one runs its fetch_all: count the outer call only
-    for backend in (SQLiteConnection, PostgresConnection):
-        for method in ("fetch_all", "fetch_one", "execute", "execute_many", "fetch_all_atomically"):
+    for backend in (SQLiteConnection, PostgresConnection, SQLitePool):
+        for method in (
+            "fetch_all",
+            "fetch_one",
+            "execute",
+            "execute_many",
+            "fetch_all_atomically",
+            "read_alone",
+            "write_alone",
+        ):
             real = getattr(backend, method, None)
             if real is None:
                 continue
