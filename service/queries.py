@@ -8,9 +8,9 @@ A comment line `-- plan: per call` marks a statement whose best plan depends on 
 report over a day or over a year): PostgreSQL plans it afresh each time, where every other
 statement keeps one generic plan per connection (see `service.postgres_backend`).
 
-A statement that starts with SELECT (or WITH) and names no INSERT, UPDATE, DELETE or REPLACE
-`reads_only`: on SQLite it is queued on a reader connection, and everything else takes the write
-lock (see `service.sqlite_backend`). A read that looks like a write only costs it the shorter queue.
+A statement that starts with SELECT (or WITH) and names no INSERT, UPDATE, DELETE or REPLACE is
+`reads_only`: on SQLite it is queued on a read lane, and everything else takes the write lock (see
+`service.sqlite_backend`). A read that looks like a write only costs it the shorter queue.
 
 Compiling here, once, spares every request SQLAlchemy's `text()` parse and compile.
 """
@@ -30,8 +30,8 @@ DIALECTS = ("sqlite", "postgresql")
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*([A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
 _PLAN_PER_CALL = "plan: per call"
-# String literals, quoted identifiers and comments pass through untouched; `::` is a PostgreSQL cast.
 _WRITING = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+# String literals, quoted identifiers and comments pass through untouched; `::` is a PostgreSQL cast.
 _TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|::|:([A-Za-z_][A-Za-z0-9_]*)""")
 
 

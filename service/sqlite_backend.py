@@ -206,6 +206,11 @@ def _answer(waiter: asyncio.Future[Any], result: Any) -> None:
         waiter.set_result(result)
 
 
+def _give_up_with(waiter: asyncio.Future[Any], exc: BaseException) -> None:
+    if not waiter.done():
+        waiter.set_exception(exc)
+
+
 class ReadLane:
     """A reader connection that runs single reads one after another, queued on its thread as they
     come: no connection is lent and given back, so its thread goes from one statement straight to
@@ -277,11 +282,6 @@ class ReadLane:
                 expiry.cancel()
             if waiting:
                 self._waits.leave()
-
-
-def _give_up_with(waiter: asyncio.Future[Any], exc: BaseException) -> None:
-    if not waiter.done():
-        waiter.set_exception(exc)
 
 
 class SQLitePool:
