@@ -201,16 +201,6 @@ def _give_up(waiter: asyncio.Future[Any], reason: str) -> None:
         waiter.set_exception(LimitReached(reason))
 
 
-def _answer(waiter: asyncio.Future[Any], result: Any) -> None:
-    if not waiter.done():
-        waiter.set_result(result)
-
-
-def _give_up_with(waiter: asyncio.Future[Any], exc: BaseException) -> None:
-    if not waiter.done():
-        waiter.set_exception(exc)
-
-
 class ReadLane:
     """A reader connection that runs single reads one after another, queued on its thread as they
     come: no connection is lent and given back, so its thread goes from one statement straight to
@@ -232,7 +222,21 @@ class ReadLane:
         self._clock = clock
         self._waits = waits
         self._wait_seconds = wait_seconds
-        self.queued = 0  # reads sent and not answered yet
+        # Reads sent that the thread has not done with, their callers gone or not: a read sent
+        # behind any of them waits, so it gets a wait limit.
+        self.queued = 0
+
+    def _finished(self) -> None:
+        self.queued -= 1
+
+    def _settle(self, answer: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        self.queued -= 1
+        if answer.done():
+            return
+        if error is None:
+            answer.set_result(result)
+        else:
+            answer.set_exception(error)
 
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -246,16 +250,16 @@ class ReadLane:
             try:
                 claim.pop()
             except IndexError:
-                return  # given up on while queued
+                loop.call_soon_threadsafe(self._finished)  # given up on while queued
+                return
             clock.start()
             try:
-                result = work(raw)
+                result, error = work(raw), None
             except BaseException as exc:
-                loop.call_soon_threadsafe(_give_up_with, answer, exc)
-            else:
-                loop.call_soon_threadsafe(_answer, answer, result)
+                result, error = None, exc
             finally:
                 clock.stop()
+            loop.call_soon_threadsafe(self._settle, answer, result, error)
 
         def give_up() -> None:
             try:
@@ -277,7 +281,6 @@ class ReadLane:
                 claim.pop()  # the caller is gone: if it has not started, it never will
             raise
         finally:
-            self.queued -= 1
             if expiry is not None:
                 expiry.cancel()
             if waiting:

@@ -136,7 +136,9 @@ def test_a_queued_read_is_given_up_at_the_wait_limit_or_shed_past_the_queue_and_
 ) -> None:
     """The lane's thread is held; three reads queue (one of them then cancelled by its caller) and
     a fourth is refused at once (DB_POOL_MAX_WAITERS=3); the two left get the pool's 503 at its
-    wait limit. None of the three ever runs, and the lane serves the next read as usual."""
+    wait limit. None of the three ever runs, and the lane serves the next read as usual. Until its
+    thread is done with them, the lane counts them and the held read whose caller went away: a
+    read sent meanwhile waits behind them, so it gets a wait limit too."""
     wait_ms = 300
     settings = replace(sqlite_settings, db_pool_timeout_ms=wait_ms, db_pool_max_waiters=3)
     ran: list[str] = []
@@ -168,13 +170,16 @@ def test_a_queued_read_is_given_up_at_the_wait_limit_or_shed_past_the_queue_and_
             shed = await timed(lane.read(work("shed")))
             waiting[2].cancel()
             outcomes = await asyncio.gather(*waiting[:2])
+            holder.cancel()  # its read runs on; the lane still counts it and the three given up
+            await asyncio.sleep(0.01)
+            still_counted = lane.queued
             hold.set()
-            await holder
             after = await lane.read(work("after"))
             return {
                 "shed": shed,
                 "outcomes": outcomes,
                 "after": after,
+                "still_counted": still_counted,
                 "queued": lane.queued,
                 "waiting": db._backend.pool.waits.waiting,  # type: ignore[attr-defined]
             }
@@ -186,6 +191,7 @@ def test_a_queued_read_is_given_up_at_the_wait_limit_or_shed_past_the_queue_and_
         assert reason == POOL_TIMEOUT
         assert wait_ms / 1000 * 0.9 < seconds < wait_ms / 1000 + 0.5
     assert result["after"] == "after"
+    assert result["still_counted"] == 4
     assert ran == ["holder", "after"]
     assert (result["queued"], result["waiting"]) == (0, 0)
 
