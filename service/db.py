@@ -40,7 +40,6 @@ class Database(databases.Database):
         limits = options.setdefault("limits", DatabaseLimits())
         super().__init__(url, **options)
         self.dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
-        self._on_sqlite = self.dialect == "sqlite"
         self.sql = queries or load_queries(self.dialect)
         self.writer_turns = WriterTurns(limits.lock_timeout_ms / 1000)
         self.replicas: ReplicaSet | None = None
@@ -139,7 +138,7 @@ class Database(databases.Database):
     async def fetch_all(self, query: Any, values: dict[str, Any] | None = None) -> list[Any]:
         if not self._borrows(query):
             return await super().fetch_all(query, values)
-        if self._on_sqlite:
+        if self.dialect == "sqlite":
             return (await self._alone_on_sqlite(query, values))[0]
         bound = query.values(**(values or {}))
         run: Callable[[Any], Awaitable[list[Any]]] = lambda connection: connection.fetch_all(bound)  # noqa: E731
@@ -150,7 +149,7 @@ class Database(databases.Database):
     async def fetch_one(self, query: Any, values: dict[str, Any] | None = None) -> Any:
         if not self._borrows(query):
             return await super().fetch_one(query, values)
-        if self._on_sqlite:
+        if self.dialect == "sqlite":
             rows = (await self._alone_on_sqlite(query, values))[0]
             return rows[0] if rows else None
         bound = query.values(**(values or {}))
@@ -162,7 +161,7 @@ class Database(databases.Database):
     async def execute(self, query: Any, values: dict[str, Any] | None = None) -> Any:
         if not self._borrows(query):
             return await super().execute(query, values)
-        if self._on_sqlite:
+        if self.dialect == "sqlite":
             return (await self._alone_on_sqlite(query, values))[1]
         bound = query.values(**(values or {}))
         return await self._run_borrowed(lambda connection: connection.execute(bound))

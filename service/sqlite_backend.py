@@ -114,7 +114,7 @@ class TaskLock:
 
     def busy_timeout_ms(self) -> int:
         """The holder's busy timeout: what is left of its budget (LimitReached when nothing is)."""
-        if self._owner is not asyncio.current_task():
+        if not self.held_here():
             return int(self.budget * 1000)  # a writer outside this lock (none in the service)
         return max(1, int(seconds_left(self.deadline) * 1000))
 
@@ -434,7 +434,7 @@ class SQLiteBackend(DatabaseBackend):
 class SQLiteConnection(ConnectionBackend):
     """A connection of one's own (reads alone go to a read lane instead: `Database`). With read
     lanes the one connection to lend is the writer's, so taking it takes the write lock first
-    (again, if this task holds it already): one order, lock then connection, for everyone."""
+    unless this task holds it already: one order, lock then connection, for everyone."""
 
     def __init__(self, pool: SQLitePool, dialect: pysqlite.SQLiteDialect_pysqlite) -> None:
         self._pool = pool
@@ -444,7 +444,7 @@ class SQLiteConnection(ConnectionBackend):
 
     async def acquire(self) -> None:
         assert self._connection is None, "Connection is already acquired"
-        if self._pool.lanes:
+        if self._pool.lanes and not self._pool.write_lock.held_here():
             await self._pool.write_lock.acquire()
             self._locked = True
         try:
