@@ -122,6 +122,7 @@ def service_app(url: str) -> tuple[App, str]:
     from service.app import create_app
     from service.config import load_settings
     from service.db import open_database
+    from service.tables import SCOPES
 
     settings = replace(
         load_settings(environ={}, env_file=None), database_url=url, secret_key="k" * 64, log_level="warning"
@@ -131,7 +132,7 @@ def service_app(url: str) -> tuple[App, str]:
         db = open_database(settings)
         await db.connect()
         try:
-            key, _ = await create_api_key(db, f"cpu-{random.randrange(10**9)}")
+            key, _ = await create_api_key(db, f"cpu-{random.randrange(10**9)}", SCOPES)
         finally:
             await db.disconnect()
         return key

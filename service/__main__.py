@@ -1,4 +1,4 @@
-"""Command line: `python -m service` serves; `apikey`, `db`, `seed` and `bench` do the rest."""
+"""Command line: `python -m service` serves; `apikey`, `user`, `db`, `seed` and `bench` do the rest."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 from service.bench.scenarios import SCENARIOS
 from service.bench.sizes import SeedSize
 from service.config import SCHEMA_CHECKED, Settings, SettingsError, load_settings
+from service.tables import ROLES, SCOPES
 from service.tracing import checked_exporter, tracing_requested
 
 GRACEFUL_SHUTDOWN_BACKSTOP_SECONDS = 60
@@ -35,7 +36,7 @@ def _add_size_options(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
-        description="Serve the API (the default), manage API keys and the schema, seed, benchmark.",
+        description="Serve the API (the default), manage API keys, roles and the schema, seed, benchmark.",
     )
     parser.add_argument("--host", help="interface to listen on (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="TCP port (default: PORT or 8000)")
@@ -47,9 +48,24 @@ def _parser() -> argparse.ArgumentParser:
     actions = apikey.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="make a key and print it once")
     create.add_argument("name", help="who the key is for, e.g. billing-service")
-    actions.add_parser("list", help="every key with its state (never the key)")
+    create.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        dest="scopes",
+        help="what the key may do; repeat for several (default: every scope)",
+    )
+    actions.add_parser("list", help="every key with its scopes and state (never the key)")
     revoke = actions.add_parser("revoke", help="revoke the live key with this name")
     revoke.add_argument("name")
+
+    user = commands.add_parser("user", help="a user's role: member (the default) or staff")
+    user_actions = user.add_subparsers(dest="action", metavar="ACTION", required=True)
+    set_role = user_actions.add_parser(
+        "set-role", help="make a user staff (the purchase ledger too) or a member again"
+    )
+    set_role.add_argument("username")
+    set_role.add_argument("role", choices=ROLES)
 
     from service.migrations.commands import add_db_commands
 
@@ -118,7 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--api-key",
         default=os.environ.get("BENCH_API_KEY", ""),
-        help="with --target: the key purchases are sent with (BENCH_API_KEY; default: a user's token)",
+        help="with --target, needed: the key (every scope) the ledger's scenarios send (BENCH_API_KEY)",
     )
     _add_size_options(bench)
     actions = bench.add_subparsers(dest="action", metavar="ACTION")
@@ -185,19 +201,22 @@ def _with_database(settings: Settings, work: Callable[[Any], Awaitable[int]]) ->
     return asyncio.run(run())
 
 
-def apikey(settings: Settings, action: str, name: str | None) -> int:
+def apikey(settings: Settings, action: str, name: str | None, scopes: list[str] | None = None) -> int:
     from service import apikeys
 
     async def create(db: Any) -> int:
         assert name is not None
         try:
-            key, row = await apikeys.create_api_key(db, name)
+            key, row = await apikeys.create_api_key(db, name, scopes or SCOPES)
         except apikeys.KeyNameTaken:
             print(f"error: a live key named {name!r} exists; revoke it first", file=sys.stderr)
             return 1
         print(key)
+        if not scopes:
+            print(f"no --scope given: the key may do everything ({row['scopes']})", file=sys.stderr)
         print(
-            f"created API key {row['name']!r}; it is shown only this once. Send it as X-API-Key.",
+            f"created API key {row['name']!r} with scopes {row['scopes']}; it is shown only this once."
+            " Send it as X-API-Key.",
             file=sys.stderr,
         )
         return 0
@@ -205,7 +224,10 @@ def apikey(settings: Settings, action: str, name: str | None) -> int:
     async def list_keys(db: Any) -> int:
         for row in await apikeys.list_api_keys(db):
             state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "live"
-            print(f"{row['name']}\t{row['key_prefix']}...\tcreated {row['created_at']}\t{state}")
+            print(
+                f"{row['name']}\t{row['key_prefix']}...\t{row['scopes']}"
+                f"\tcreated {row['created_at']}\t{state}"
+            )
         return 0
 
     async def revoke(db: Any) -> int:
@@ -217,6 +239,20 @@ def apikey(settings: Settings, action: str, name: str | None) -> int:
         return 1
 
     return _with_database(settings, {"create": create, "list": list_keys, "revoke": revoke}[action])
+
+
+def user(settings: Settings, username: str, role: str) -> int:
+    from service.accounts import set_role
+
+    async def change(db: Any) -> int:
+        row = await set_role(db, username, role)
+        if row is None:
+            print(f"error: there is no user {username!r}", file=sys.stderr)
+            return 1
+        print(f"{row['username']} is now {row['role']}; it counts from their next request", file=sys.stderr)
+        return 0
+
+    return _with_database(settings, change)
 
 
 def seed(settings: Settings, args: argparse.Namespace) -> int:
@@ -268,7 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.command == "apikey":
-        return apikey(settings, args.action, getattr(args, "name", None))
+        return apikey(settings, args.action, getattr(args, "name", None), getattr(args, "scopes", None))
+    if args.command == "user":
+        return user(settings, args.username, args.role)
     if args.command == "seed":
         return seed(settings, args)
     if args.command == "db":
@@ -280,6 +318,14 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
         from service.bench.runner import run_bench
 
+        if args.target and not args.api_key:
+            # The accounts it registers are members, who may not record or read purchases.
+            print(
+                "error: --target needs --api-key (or BENCH_API_KEY): a key with every scope, made on the"
+                " target's server with: python -m service apikey create bench",
+                file=sys.stderr,
+            )
+            return 2
         args.database = args.database or ["sqlite", "postgresql"]
         args.scenario = args.scenario or list(SCENARIOS)
         return run_bench(args, Path.cwd())

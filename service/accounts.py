@@ -15,7 +15,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import AuthSettings, Caller, auth_settings, database, requires_user, unauthorized
+from service.auth import AuthSettings, Caller, auth_settings, database, unauthorized
 from service.db import Database
 from service.errors import Problem
 from service.login_throttle import LoginAttempt, client_address, count_attempt, forgive
@@ -109,6 +109,14 @@ class UserOut(Schema):
     id = fields.Integer(required=True)
     username = fields.String(required=True)
     email = fields.String(required=True)
+    role = fields.String(
+        required=True,
+        validate=validate.OneOf(["member", "staff"]),
+        metadata={
+            "description": "member: the social feed and the account itself. staff: also the purchase"
+            " ledger (set only from the command line: python -m service user set-role)."
+        },
+    )
     created_at = fields.DateTime(required=True)
 
 
@@ -141,6 +149,7 @@ def user_json(row: Any) -> dict[str, Any]:
         "id": row["id"],
         "username": row["username"],
         "email": row["email"],
+        "role": row["role"],
         "created_at": from_database(row["created_at"]),
     }
 
@@ -171,6 +180,20 @@ async def password_matches(password: str, password_hash: bytes) -> bool:
 
 async def make_dummy_hash(rounds: int) -> bytes:
     return await hash_password("not anyone's password", rounds)
+
+
+async def set_role(db: Database, username: str, role: str) -> Any | None:
+    """Make a user `role` ("member" or "staff"); None when there is no such user.
+
+    Every request reads the role with its session, so the change counts from the user's next one.
+    """
+    return await db.fetch_one(db.sql.set_user_role, {"username": username, "role": role})
+
+
+async def first_staff(db: Database) -> str | None:
+    """A staff user's name, or None while nobody is staff."""
+    row = await db.fetch_one(db.sql.find_staff, {})
+    return None if row is None else str(row["username"])
 
 
 async def register_user(db: Database, username: str, email: str, password_hash: bytes) -> Any:
@@ -278,7 +301,6 @@ async def login(request: Request) -> Response:
     )
 
 
-@requires_user
 @documented(responses={204: None})
 async def logout(request: Request, caller: Caller) -> Response:
     """End the current session: its token stops working at once."""
@@ -287,7 +309,6 @@ async def logout(request: Request, caller: Caller) -> Response:
     return no_content()
 
 
-@requires_user
 @documented(query=PageQuery, responses={200: SessionPage})
 async def list_sessions(request: Request, caller: Caller) -> Response:
     """The caller's live sessions, newest first; `current` marks the one this token belongs to."""
@@ -308,7 +329,6 @@ async def list_sessions(request: Request, caller: Caller) -> Response:
     return JSONResponse(page.respond(rows, session_json))
 
 
-@requires_user
 @documented(responses={204: None})
 async def end_session(request: Request, caller: Caller) -> Response:
     """Revoke one of the caller's own sessions (another device's, say). 404 for anyone else's."""
@@ -318,7 +338,6 @@ async def end_session(request: Request, caller: Caller) -> Response:
     return no_content()
 
 
-@requires_user
 @documented(responses={200: UserOut})
 async def me(request: Request, caller: Caller) -> Response:
     """The signed-in user's account."""

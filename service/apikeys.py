@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 from service.db import Database, is_unique_violation
+from service.tables import SCOPES
 from service.timestamps import from_database, utc_now
 
 KEY_PREFIX = "pfs_"
@@ -24,13 +26,24 @@ class KeyNameTaken(ValueError):
     pass
 
 
-async def create_api_key(db: Database, name: str) -> tuple[str, dict[str, Any]]:
-    """Make a key named `name`; return the key (shown once) and its stored row."""
+async def create_api_key(db: Database, name: str, scopes: Iterable[str]) -> tuple[str, dict[str, Any]]:
+    """Make a key named `name` that may do `scopes` (see service.access); return the key (shown
+    once) and its stored row."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)
+    held = set(scopes)
+    if not held or not held <= set(SCOPES):
+        raise ValueError(f"scopes must be some of {' '.join(SCOPES)}, got {sorted(held)}")
+    stored = " ".join(scope for scope in SCOPES if scope in held)
     try:
         row = await db.fetch_one(
             db.sql.create_api_key,
-            {"name": name, "key_hash": hash_key(key), "key_prefix": key[:10], "created_at": utc_now()},
+            {
+                "name": name,
+                "key_hash": hash_key(key),
+                "key_prefix": key[:10],
+                "scopes": stored,
+                "created_at": utc_now(),
+            },
         )
     except Exception as exc:
         if is_unique_violation(exc):

@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
 from service import accounts, customers, operations, pages, purchases, reports, social
+from service.access import Access, access_of, guarded
 from service.auth import AuthSettings
 from service.config import SCHEMA_CHECKED, Settings, load_settings
 from service.db import open_database, watch_replicas
@@ -46,7 +47,8 @@ log = logging.getLogger("service")
 SWITCH_INTERVAL_SECONDS = 0.001
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+# A route's own function: (request) for anyone's routes, (request, caller) behind service.access.
+Handler = Callable[..., Awaitable[Response]]
 
 
 class UsernameConvertor(Convertor[str]):
@@ -68,10 +70,12 @@ register_url_convertor("username", UsernameConvertor())
 class TemplatedRoute(Route):
     """A Route that leaves its path template (`/purchases/{id}`) in the scope for logs and metrics.
 
-    `handlers` maps each method to its handler, for the OpenAPI document.
+    `handlers` maps each method to its handler and `access` to what it needs (service.access), for
+    the OpenAPI document.
     """
 
     handlers: Mapping[str, Handler]
+    access: Mapping[str, Access]
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
         match, child_scope = super().matches(scope)
@@ -81,12 +85,18 @@ class TemplatedRoute(Route):
 
 
 def route(path: str, handlers: Handler | Mapping[str, Handler]) -> TemplatedRoute:
-    """One route per path: a handler for GET, or a handler per method (so 405's Allow lists them all)."""
+    """One route per path: a handler for GET, or a handler per method (so 405's Allow lists them all).
+
+    Each handler runs behind what service.access.WHO_MAY_CALL says it needs; one without an entry
+    there stops the app from being built.
+    """
+    documented = {"GET": handlers} if callable(handlers) else dict(handlers)
+    access = {method: access_of(method, path) for method in documented}
+    by_method = {method: guarded(access[method], handler) for method, handler in documented.items()}
     if callable(handlers):
-        single = TemplatedRoute(path, handlers, methods=["GET"])
-        single.handlers = {"GET": handlers}
+        single = TemplatedRoute(path, by_method["GET"], methods=["GET"])
+        single.handlers, single.access = documented, access
         return single
-    by_method = dict(handlers)
 
     async def dispatch(request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method
@@ -94,7 +104,7 @@ def route(path: str, handlers: Handler | Mapping[str, Handler]) -> TemplatedRout
 
     dispatch.__doc__ = " ".join(f"{method}: {handler.__doc__}" for method, handler in by_method.items())
     several = TemplatedRoute(path, dispatch, methods=list(by_method), name=path)
-    several.handlers = by_method
+    several.handlers, several.access = documented, access
     return several
 
 
@@ -182,6 +192,11 @@ def create_app(
         advice = await db.check_server_limits(settings.database_limits)
         if advice:
             log.warning(advice)
+        if await accounts.first_staff(db) is None:
+            log.warning(
+                "no user is staff yet: only API keys can record or read purchases, customers and"
+                " reports. Make one with: python -m service user set-role USERNAME staff"
+            )
         chores = [asyncio.create_task(purge_forever(db, auth, tracer))]
         if db.replicas is not None:
             chores.append(asyncio.create_task(watch_replicas(db)))

@@ -1,20 +1,17 @@
-"""Who is calling: the dependency-style decorators a route uses to require a credential.
+"""Who is calling: a user's access token or an API key, read and checked (401 unless live).
 
-`@requires_user` lets in a user's access token; `@requires_caller` a user's token or an API key.
-Either way the route receives a `Caller`. The credential check borrows a pooled connection for its
-one statement and gives it back before the route's own work (no connection idles through validation).
+What a caller may then do is service.access's business. A credential check borrows a pooled
+connection for its one statement and gives it back before the route's own work (no connection
+idles through validation).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
 from starlette.requests import Request
-from starlette.responses import Response
 
 from service.apikeys import find_live_api_key, hash_key
 from service.config import LoginThrottle
@@ -31,6 +28,8 @@ class Caller:
     id: int
     name: str
     session_id: int | None = None
+    role: str | None = None  # a user's: "member" or "staff"
+    scopes: frozenset[str] = frozenset()  # an API key's
 
     @property
     def captured_by(self) -> str:
@@ -40,13 +39,14 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class PresentedApiKey:
-    """An X-API-Key not looked up yet (routes under `@requires_caller_checking_key_itself`).
+    """An X-API-Key not looked up yet, and the scope the route needs (see access.checks_key_itself).
 
-    The route checks it inside its own statement - one round trip instead of two on the hottest
-    write - and answers 401 when that statement finds no live key.
+    The route checks both inside its own statement - one round trip instead of two on the hottest
+    write - and, when that statement finds no live key with the scope, raises `refusal` of it.
     """
 
     key_hash: str
+    scope: str
 
 
 @dataclass(frozen=True)
@@ -81,29 +81,42 @@ def key_not_live() -> Problem:
     return unauthorized("The API key is not valid or has been revoked.")
 
 
-async def api_key_caller(request: Request) -> Caller | None:
-    """The caller named by X-API-Key; None without the header; 401 for a key that is not live."""
-    key = request.headers.get("x-api-key")
-    if key is None:
-        return None
-    presented = present_api_key(request, key)
-    return await check_api_key(database(request), presented)
+def key_lacks_scope(caller: Caller, scope: str) -> Problem:
+    held = " ".join(sorted(caller.scopes)) or "none"
+    return Problem(403, f"This API key lacks the {scope} scope (it holds: {held}).")
 
 
-def present_api_key(request: Request, key: str) -> PresentedApiKey:
-    """The key as presented, counted against its rate limit (429 past it) before it is looked up."""
+def presented_key_hash(request: Request, key: str) -> str:
+    """The hash of a presented key, counted against its rate limit (429 past it) before any lookup."""
     key = key.strip()
-    presented = PresentedApiKey(hash_key(key))
-    limit_rate(request, "api_key", presented.key_hash, f"API key {key[:10]}...")
-    return presented
+    key_hash = hash_key(key)
+    limit_rate(request, "api_key", key_hash, f"API key {key[:10]}...")
+    return key_hash
+
+
+async def find_key_caller(db: Database, key_hash: str) -> Caller:
+    """The caller of a presented key, whatever its scopes; 401 unless the key is live."""
+    row = await find_live_api_key(db, key_hash)
+    if row is None:
+        raise key_not_live()
+    return Caller("api_key", row["id"], row["name"], scopes=frozenset(row["scopes"].split()))
 
 
 async def check_api_key(db: Database, presented: PresentedApiKey) -> Caller:
-    """The caller of a presented key; 401 unless the key is live."""
-    row = await find_live_api_key(db, presented.key_hash)
-    if row is None:
-        raise key_not_live()
-    return Caller("api_key", row["id"], row["name"])
+    """The caller of a presented key; 401 unless the key is live, 403 unless it holds the scope."""
+    caller = await find_key_caller(db, presented.key_hash)
+    if presented.scope not in caller.scopes:
+        raise key_lacks_scope(caller, presented.scope)
+    return caller
+
+
+async def refusal(db: Database, presented: PresentedApiKey) -> Problem:
+    """Why a statement that checked `presented` itself found no key: 401 (not live) or 403 (scope)."""
+    try:
+        await check_api_key(db, presented)
+    except Problem as problem:
+        return problem
+    return key_not_live()  # it has the scope now: it was made or changed in between
 
 
 async def user_caller(request: Request) -> Caller | None:
@@ -126,69 +139,4 @@ async def user_caller(request: Request) -> Caller | None:
     )
     if row is None:
         raise unauthorized("The session of this access token has ended; sign in again.")
-    return Caller("user", row["user_id"], row["username"], session_id=row["id"])
-
-
-Endpoint = Callable[[Request, Caller], Awaitable[Response]]
-Route = Callable[[Request], Awaitable[Response]]
-
-
-def _requiring(
-    find: Callable[[Request], Awaitable[Caller | None]], missing: str, security: list[dict[str, list[str]]]
-) -> Callable[[Endpoint], Route]:
-    def decorate(endpoint: Endpoint) -> Route:
-        @functools.wraps(endpoint)
-        async def checked(request: Request) -> Response:
-            caller = await find(request)
-            if caller is None:
-                raise unauthorized(missing)
-            return await endpoint(request, caller)
-
-        checked.security = security  # type: ignore[attr-defined]  # for the OpenAPI document
-        return checked
-
-    return decorate
-
-
-async def _user_or_api_key(request: Request) -> Caller | None:
-    return await user_caller(request) or await api_key_caller(request)
-
-
-def requires_caller_checking_key_itself(
-    endpoint: Callable[[Request, Caller | PresentedApiKey], Awaitable[Response]],
-) -> Route:
-    """`@requires_caller`, except that an API key reaches the route unchecked, as a PresentedApiKey.
-
-    The route must check it (in its own statement, or with `check_api_key`). Whatever else the route
-    answers - 422, 409, 415 - a key that is not live gets 401 instead, as on every other route.
-    """
-    user_route = requires_caller(endpoint)
-
-    @functools.wraps(endpoint)
-    async def checked(request: Request) -> Response:
-        key = request.headers.get("x-api-key")
-        if key is None or "authorization" in request.headers:
-            return await user_route(request)  # a token (checked first, as everywhere), or nothing: 401
-        presented = present_api_key(request, key)
-        try:
-            return await endpoint(request, presented)
-        except Problem:
-            await check_api_key(database(request), presented)  # 401 first, if the key is not live
-            raise
-
-    checked.security = user_route.security  # type: ignore[attr-defined]
-    return checked
-
-
-BEARER: dict[str, list[str]] = {"bearerAuth": []}
-API_KEY: dict[str, list[str]] = {"apiKeyAuth": []}
-requires_user = _requiring(
-    user_caller, "Sign in and send the access token as: Authorization: Bearer <token>.", [BEARER]
-)
-requires_caller = _requiring(
-    _user_or_api_key,
-    "Send an access token (Authorization: Bearer <token>) or an API key (X-API-Key).",
-    [BEARER, API_KEY],
-)
-# Routes that serve machines only.
-requires_api_key = _requiring(api_key_caller, "Send an API key in the X-API-Key header.", [API_KEY])
+    return Caller("user", row["user_id"], row["username"], session_id=row["id"], role=row["role"])

@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document, built from the app's own routes and their marshmallow schemas.
 
-Each route handler says what it takes and gives with `@documented(...)`; the auth decorators say
-which credential it needs. Error responses follow from that (a body can be malformed, a path id
-missing, a credential absent), so every operation lists the problem+json answers it can give.
+Each route handler says what it takes and gives with `@documented(...)`; service.access says who
+may call it (each operation's `security` names the role or scope, as OpenAPI 3.1 allows). Error
+responses follow from that (a body can be malformed, a path id missing, a credential absent or
+without the right), so every operation lists the problem+json answers it can give.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema, fields
 from starlette.routing import BaseRoute
 
+from service.access import Access
 from service.money import PRICE_PATTERN, Price
 from service.pagination import Cursor
 from service.validation import USERNAME_REGEX
@@ -27,13 +29,15 @@ SECURITY_SCHEMES = {
         "type": "http",
         "scheme": "bearer",
         "bearerFormat": "JWT",
-        "description": "A user's access token from POST /auth/login.",
+        "description": "A user's access token from POST /auth/login. `staff` in an operation's"
+        " requirement: only a staff user's (`python -m service user set-role USERNAME staff`).",
     },
     "apiKeyAuth": {
         "type": "apiKey",
         "in": "header",
         "name": "X-API-Key",
-        "description": "A machine caller's key from `python -m service apikey create NAME`.",
+        "description": "A machine caller's key from `python -m service apikey create NAME [--scope S]`."
+        " An operation's requirement names the scope the key must hold.",
     },
 }
 IDEMPOTENCY_KEY = {
@@ -58,6 +62,12 @@ UNAVAILABLE = {
         "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "integer"}}
     },
 }
+
+FORBIDDEN = (
+    "Forbidden: the credential is live but may not do this - a member's token where staff is needed,"
+    " an API key without the operation's scope, or an API key where a person's token is needed."
+    " `detail` names what is missing. Nothing was done."
+)
 
 TOO_MANY_REQUESTS = {
     "description": "Too Many Requests: the caller's rate limit (RATE_LIMIT_API_KEY, RATE_LIMIT_USER;"
@@ -181,7 +191,7 @@ def _query_parameters(plugin: MarshmallowPlugin, schema: type[Schema]) -> list[d
 
 
 def _responses(
-    handler: Any, has_body: bool, has_query: bool, has_path: bool, secured: bool
+    handler: Any, has_body: bool, has_query: bool, has_path: bool, access: Access
 ) -> dict[str, Any]:
     doc = handler.openapi
     answers: dict[str, Any] = {}
@@ -204,14 +214,16 @@ def _responses(
         problems.add(422)
     if has_path:
         problems.add(404)
-    if secured:
-        problems |= {401, 429}
+    if not access.anonymous:
+        problems |= {401, 403, 429}
     for status in sorted(problems):
         answers[str(status)] = {
             "description": HTTPStatus(status).phrase,
             "content": {PROBLEM_JSON: {"schema": "ProblemOut"}},
         }
     answers["503"].update(UNAVAILABLE)
+    if "403" in answers:
+        answers["403"]["description"] = FORBIDDEN
     if "429" in answers:
         answers["429"].update(TOO_MANY_REQUESTS)
     return answers
@@ -244,10 +256,11 @@ def build_spec(routes: Iterable[BaseRoute]) -> dict[str, Any]:
             doc = getattr(handler, "openapi", None)
             if doc is None:
                 raise ValueError(f"{method} {route.path} has no @documented(...)")  # type: ignore[attr-defined]
-            security = getattr(handler, "security", None)
+            access: Access = route.access[method]  # type: ignore[attr-defined]
             operation: dict[str, Any] = {
                 "operationId": f"{handler.__module__.rsplit('.', 1)[-1]}_{handler.__name__}",
                 "summary": (handler.__doc__ or "").strip().splitlines()[0] if handler.__doc__ else "",
+                "description": f"Who may call it: {access.who}.",
                 "tags": [handler.__module__.rsplit(".", 1)[-1]],
                 "parameters": list(path_parameters),
                 "responses": _responses(
@@ -255,11 +268,11 @@ def build_spec(routes: Iterable[BaseRoute]) -> dict[str, Any]:
                     bool(doc["body"] or doc["form"]),
                     bool(doc["query"]),
                     bool(path_parameters),
-                    bool(security),
+                    access,
                 ),
             }
-            if security:
-                operation["security"] = security
+            if not access.anonymous:
+                operation["security"] = access.security()
             if doc["query"] is not None:
                 operation["parameters"] += _query_parameters(plugin, doc["query"])
             if doc["idempotent"]:

@@ -11,15 +11,8 @@ from marshmallow import Schema, fields, validate
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import (
-    Caller,
-    PresentedApiKey,
-    check_api_key,
-    database,
-    key_not_live,
-    requires_caller,
-    requires_caller_checking_key_itself,
-)
+from service.access import checks_key_itself
+from service.auth import Caller, PresentedApiKey, check_api_key, database, refusal
 from service.customers import CustomerOut, customer_json, require_customer
 from service.db import Database
 from service.errors import Problem
@@ -144,30 +137,36 @@ async def record_purchase(
 ) -> dict[str, Any]:
     """Upsert the customer by email and append the purchase, atomically; the stored row plus `revision`.
 
-    A presented API key is checked in the same step: 401 if it is not live, and nothing is written.
+    A presented API key is checked in the same step, for being live and for its scope: 401 or 403
+    if it fails, and nothing is written.
     """
     now = utc_now()
     customer = {"email": purchase["customer"]["email"], "name": purchase["customer"]["name"], "now": now}
+    key: dict[str, str | None]
     if isinstance(caller, Caller):
-        captured_by, key_hash = caller.captured_by, None
+        key = {"key_hash": None, "scope": None}
+        captured_by = caller.captured_by
     else:
-        captured_by, key_hash = None, caller.key_hash
+        key = {"key_hash": caller.key_hash, "scope": caller.scope}
+        captured_by = None
     values = _purchase_values(purchase, captured_by, now)
     if "record_purchase" in db.sql:
         # PostgreSQL: the key check, the upsert and the insert reach the server as one statement.
-        row = await db.fetch_one(db.sql.record_purchase, {**customer, **values, "key_hash": key_hash})
+        row = await db.fetch_one(db.sql.record_purchase, {**customer, **values, **key})
         if row is None:
-            raise key_not_live()
+            assert isinstance(caller, PresentedApiKey)
+            raise await refusal(db, caller)
         return dict(row)
     # SQLite: the upsert and the insert each check the key, in one hop to the connection's thread.
     upserted_rows, inserted_rows = await db.fetch_all_atomically(
         [
-            (db.sql.upsert_customer, {**customer, "key_hash": key_hash}),
-            (db.sql.insert_purchase, {**values, "key_hash": key_hash, "email": customer["email"]}),
+            (db.sql.upsert_customer, {**customer, **key}),
+            (db.sql.insert_purchase, {**values, **key, "email": customer["email"]}),
         ]
     )
     if not inserted_rows:
-        raise key_not_live()
+        assert isinstance(caller, PresentedApiKey)
+        raise await refusal(db, caller)
     [upserted], [inserted] = upserted_rows, inserted_rows
     values["captured_by"] = inserted["captured_by"]
     return {
@@ -314,7 +313,7 @@ async def _respond_once(
     return response.to_response(replayed)
 
 
-@requires_caller_checking_key_itself
+@checks_key_itself
 @documented(body=PurchaseIn, responses={201: PurchaseOut}, errors=[409], idempotent=True)
 async def create_purchase(request: Request, caller: Caller | PresentedApiKey) -> Response:
     """Record a purchase; the customer (by email) is created or updated. Honours Idempotency-Key."""
@@ -332,7 +331,6 @@ async def create_purchase(request: Request, caller: Caller | PresentedApiKey) ->
         return await _respond_once(request, caller, body, work)
 
 
-@requires_caller
 @documented(body=BatchIn, responses={201: BatchOut}, errors=[409], idempotent=True)
 async def create_purchase_batch(request: Request, caller: Caller) -> Response:
     """Record 1 to 1000 purchases, all or nothing. Honours Idempotency-Key."""
@@ -348,7 +346,6 @@ async def create_purchase_batch(request: Request, caller: Caller) -> Response:
     return await _respond_once(request, caller, body, work)
 
 
-@requires_caller
 @documented(responses={200: PurchaseOut})
 async def show_purchase(request: Request, caller: Caller) -> Response:
     """One purchase, with its customer as the customer is now."""
@@ -359,7 +356,6 @@ async def show_purchase(request: Request, caller: Caller) -> Response:
     return JSONResponse(purchase_json(row))
 
 
-@requires_caller
 @documented(query=PurchaseQuery, responses={200: PurchasePage})
 async def index_purchases(request: Request, caller: Caller) -> Response:
     """Purchases newest first; filter by customer_id, item, and purchased_at in [since, until)."""
@@ -369,7 +365,6 @@ async def index_purchases(request: Request, caller: Caller) -> Response:
     return JSONResponse(page.respond(rows, purchase_json, sort_key="purchased_at"))
 
 
-@requires_caller
 @documented(query=PurchaseQuery, responses={200: PurchasePage})
 async def customer_purchases(request: Request, caller: Caller) -> Response:
     """One customer's purchases, newest first (same filters as /purchases)."""

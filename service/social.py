@@ -12,7 +12,7 @@ from marshmallow import Schema, fields
 from starlette.requests import Request
 from starlette.responses import Response
 
-from service.auth import Caller, database, requires_user
+from service.auth import Caller, database
 from service.db import Database
 from service.errors import Problem, ValidationProblem
 from service.openapi import documented
@@ -120,7 +120,6 @@ async def _require_user(db: Database, username: str) -> Any:
 # Posts
 
 
-@requires_user
 @documented(body=PostIn, responses={201: PostOut})
 async def create_post(request: Request, caller: Caller) -> Response:
     """Publish a post (1 to 280 characters)."""
@@ -160,7 +159,6 @@ async def list_posts(request: Request) -> Response:
     return JSONResponse(page.respond(await db.fetch_all(db.sql.list_posts, page.values()), post_json))
 
 
-@requires_user
 @documented(body=PostIn, responses={200: PostOut}, errors=[403])
 async def edit_post(request: Request, caller: Caller) -> Response:
     """Replace your own post's content (1 to 280 characters); sets edited_at. 403 for someone else's."""
@@ -184,7 +182,6 @@ async def edit_post(request: Request, caller: Caller) -> Response:
     return JSONResponse(post_json(shown[0]))
 
 
-@requires_user
 @documented(responses={204: None}, errors=[403])
 async def delete_post(request: Request, caller: Caller) -> Response:
     """Delete your own post, with its likes, reposts and comments. 403 for someone else's."""
@@ -199,7 +196,6 @@ async def delete_post(request: Request, caller: Caller) -> Response:
 # Comments
 
 
-@requires_user
 @documented(body=CommentIn, responses={201: CommentOut})
 async def create_comment(request: Request, caller: Caller) -> Response:
     """Comment on a post (1 to 1000 characters)."""
@@ -241,28 +237,24 @@ async def _react(request: Request, caller: Caller, statement_name: str) -> Respo
     return no_content()
 
 
-@requires_user
 @documented(responses={204: None})
 async def like(request: Request, caller: Caller) -> Response:
     """Like a post (again is fine)."""
     return await _react(request, caller, "like_post")
 
 
-@requires_user
 @documented(responses={204: None})
 async def unlike(request: Request, caller: Caller) -> Response:
     """Take back a like (none is fine)."""
     return await _react(request, caller, "unlike_post")
 
 
-@requires_user
 @documented(responses={204: None})
 async def repost(request: Request, caller: Caller) -> Response:
     """Repost a post (again is fine)."""
     return await _react(request, caller, "repost_post")
 
 
-@requires_user
 @documented(responses={204: None})
 async def unrepost(request: Request, caller: Caller) -> Response:
     """Take back a repost (none is fine)."""
@@ -285,14 +277,12 @@ async def _follow_change(request: Request, caller: Caller, statement_name: str) 
     return no_content()
 
 
-@requires_user
 @documented(responses={204: None}, errors=[422])
 async def follow(request: Request, caller: Caller) -> Response:
     """Follow a user (again is fine; yourself is 422)."""
     return await _follow_change(request, caller, "follow_user")
 
 
-@requires_user
 @documented(responses={204: None}, errors=[422])
 async def unfollow(request: Request, caller: Caller) -> Response:
     """Stop following a user (not following is fine)."""
@@ -347,7 +337,6 @@ async def following(request: Request) -> Response:
     return await _user_list(request, "list_following", followed_user_json, "followed_at")
 
 
-@requires_user
 @documented(query=PageQuery, responses={200: PostPage})
 async def feed(request: Request, caller: Caller) -> Response:
     """Your timeline: your posts and those of everyone you follow, newest first, with counts."""

@@ -22,6 +22,12 @@ from sqlalchemy.types import TypeEngine
 
 metadata = MetaData()
 
+# What users.role holds, least first; and every scope an API key can hold, in the order
+# api_keys.scopes stores them. service.access says what each lets a caller do.
+ROLES = ("member", "staff")
+SCOPES = ("purchases:write", "purchases:read", "reports:read")
+ALL_SCOPES = " ".join(SCOPES)
+
 # SQLite only auto-assigns ids to a column declared exactly INTEGER PRIMARY KEY.
 Id: TypeEngine[int] = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -38,6 +44,9 @@ api_keys = Table(
     Column("key_prefix", String(16), nullable=False),
     Column("created_at", Timestamp, nullable=False),
     Column("revoked_at", Timestamp),
+    # What the key may do, as OAuth2 writes scopes: names separated by single spaces, in the order
+    # of service.access.SCOPES. Keys made before scopes existed (revision 0004) have them all.
+    Column("scopes", String(200), nullable=False, server_default=text(f"'{ALL_SCOPES}'")),
 )
 # A name names one live key; a revoked key's name can be used again.
 Index(
@@ -108,6 +117,9 @@ users = Table(
     # bcrypt's own format ($2b$12$...): salt and cost travel with the hash. Never leaves the service.
     Column("password_hash", String(60), nullable=False),
     Column("created_at", Timestamp, nullable=False),
+    # "member" (the social feed, their own account) or "staff" (also the purchase ledger). Set only
+    # from the command line; every account starts, and every account made before 0004 is, a member.
+    Column("role", String(16), nullable=False, server_default=text("'member'")),
 )
 
 sessions = Table(

@@ -3,7 +3,7 @@
 INSERT INTO users (username, email, password_hash, created_at)
 VALUES (:username, :email, :password_hash, :now)
 ON CONFLICT DO NOTHING
-RETURNING id, username, email, created_at
+RETURNING id, username, email, role, created_at
 
 -- name: find_taken_names
 -- Which of this username and email are taken already (for the 409's field errors).
@@ -19,9 +19,23 @@ WHERE username = :username
 
 -- name: get_user
 -- A user's own account (never the hash).
-SELECT id, username, email, created_at
+SELECT id, username, email, role, created_at
 FROM users
 WHERE id = :id
+
+-- name: set_user_role
+-- Make a user staff or a member again (the command line's `user set-role`; never the API).
+UPDATE users
+SET role = :role
+WHERE username = :username
+RETURNING id, username, role
+
+-- name: find_staff
+-- Is anyone staff? Checked once at start-up, to say how to make the first one while nobody is.
+SELECT username
+FROM users
+WHERE role = 'staff'
+LIMIT 1
 
 -- name: create_session
 -- Open a session for a login; its id becomes the access token's sid.
@@ -31,8 +45,9 @@ RETURNING id, created_at, expires_at
 
 -- name: find_live_session
 -- The check on every authenticated request: the token's session, live and its own user's,
--- by primary key (one indexed read), with the username for captured_by.
-SELECT s.id, s.user_id, u.username
+-- by primary key (one indexed read), with the username for captured_by and the role that says
+-- what the user may do (so a change of role counts from the user's next request).
+SELECT s.id, s.user_id, u.username, u.role
 FROM sessions s
 JOIN users u ON u.id = s.user_id
 WHERE s.id = :session_id AND s.user_id = :user_id

@@ -1,7 +1,8 @@
 -- name: record_purchase
 -- Check the caller, upsert the customer and append the purchase in one statement (one round
 -- trip, atomic). The caller is known already (:captured_by, with :key_hash null), or is an API key
--- checked here by its hash: when no live key has it, there is no row and nothing is written.
+-- checked here by its hash and for :scope: when no live key with that scope has it, there is no
+-- row and nothing is written.
 -- customer_created is exact: only the statement that inserted the row sees revision 1.
 WITH caller AS (
     SELECT CAST(:captured_by AS text) AS captured_by
@@ -10,6 +11,7 @@ WITH caller AS (
     SELECT 'api_key:' || name
     FROM api_keys
     WHERE key_hash = :key_hash AND revoked_at IS NULL
+      AND ' ' || scopes || ' ' LIKE '% ' || CAST(:scope AS text) || ' %'
 ), customer AS (
     INSERT INTO customers (email, name, created_at, updated_at)
     SELECT :email, :name, :now, :now

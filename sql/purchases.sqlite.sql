@@ -45,12 +45,14 @@ SELECT changes() AS inserted, last_insert_rowid() AS last_id
 -- name: upsert_customer
 -- Insert the customer by email, or update its name; revision 1 means this call inserted it.
 -- updated_at never moves backwards, whichever of two racing writers commits last. The caller is
--- known already (:captured_by, with :key_hash null), or is an API key checked here by its hash,
--- inside the write's transaction (as PostgreSQL's record_purchase does): no live key, no row.
+-- known already (:captured_by, with :key_hash null), or is an API key checked here by its hash
+-- and for :scope, inside the write's transaction (as PostgreSQL's record_purchase does): no live
+-- key with that scope, no row.
 INSERT INTO customers (email, name, created_at, updated_at)
 SELECT :email, :name, :now, :now
 WHERE :key_hash IS NULL
-   OR EXISTS (SELECT 1 FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL)
+   OR EXISTS (SELECT 1 FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL
+              AND ' ' || scopes || ' ' LIKE '% ' || :scope || ' %')
 ON CONFLICT (email) DO UPDATE
 SET name = excluded.name,
     updated_at = CASE WHEN excluded.updated_at > customers.updated_at
@@ -60,13 +62,15 @@ RETURNING id, email, name, created_at, updated_at, revision
 
 -- name: insert_purchase
 -- Append one purchase for the customer with this email, upserted just before in the same
--- transaction, captured by the known caller or the live API key with :key_hash (none: no row).
+-- transaction, captured by the known caller or the live API key with :key_hash and :scope (none:
+-- no row).
 INSERT INTO purchases
     (customer_id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by, created_at)
 SELECT c.id, :item, :quantity, :unit_price_cents, :total_cents, :purchased_at, caller.captured_by, :now
 FROM customers AS c,
      (SELECT :captured_by AS captured_by WHERE :key_hash IS NULL
       UNION ALL
-      SELECT 'api_key:' || name FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL) AS caller
+      SELECT 'api_key:' || name FROM api_keys WHERE key_hash = :key_hash AND revoked_at IS NULL
+        AND ' ' || scopes || ' ' LIKE '% ' || :scope || ' %') AS caller
 WHERE c.email = :email
 RETURNING id, purchased_at, captured_by

@@ -19,11 +19,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2 as httpx
@@ -33,10 +33,11 @@ from starlette.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings, load_settings
-from service.tables import metadata
+from service.tables import SCOPES, metadata
 from tests.pgbouncer import pgbouncer_binary, running_pgbouncer
 from tests.replication import Cluster, postgres_binaries, replicated_cluster
 
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET_KEY = "test-signing-key-long-enough-for-hs512-forgeries-0123456789abcdef"
 BACKENDS = ("sqlite", "postgresql", "pgbouncer")
@@ -333,23 +334,42 @@ def table_counts(database_url: str) -> dict[str, int]:
         }
 
 
-def make_api_key(settings: Settings, name: str = "tests") -> str:
-    """A live API key on the test's database, made as `python -m service apikey create` makes one."""
-    from service.apikeys import create_api_key
+def on_database(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """`work(db)` on the test's database, outside the app (as the command line reaches it)."""
     from service.db import open_database
     from service.migrations.schema import prepare_schema
 
-    async def create() -> str:
+    async def run() -> T:
         prepare_schema(settings.schema_database_url)
         db = open_database(settings)
         await db.connect()
         try:
-            key, _ = await create_api_key(db, name)
-            return key
+            return await work(db)
         finally:
             await db.disconnect()
 
-    return asyncio.run(create())
+    return asyncio.run(run())
+
+
+def make_api_key(settings: Settings, name: str = "tests", scopes: Iterable[str] = SCOPES) -> str:
+    """A live API key on the test's database, made as `python -m service apikey create` makes one."""
+    from service.apikeys import create_api_key
+
+    async def create(db: Any) -> str:
+        key, _ = await create_api_key(db, name, scopes)
+        return key
+
+    return on_database(settings, create)
+
+
+def make_staff(settings: Settings, username: str) -> None:
+    """Make a registered user staff, as `python -m service user set-role USERNAME staff` does."""
+    from service.accounts import set_role
+
+    async def promote(db: Any) -> None:
+        assert await set_role(db, username, "staff") is not None, f"no user {username}"
+
+    on_database(settings, promote)
 
 
 @pytest.fixture

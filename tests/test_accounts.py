@@ -22,7 +22,7 @@ from service.housekeeping import purge_once
 from service.login_throttle import count_attempt
 from service.timestamps import utc_now
 from service.tokens import secret_key_path, signing_key
-from tests.conftest import PASSWORD, PASSWORDS_SENT, bearer, login, register, table_counts
+from tests.conftest import PASSWORD, PASSWORDS_SENT, bearer, login, make_staff, register, table_counts
 from tests.test_purchases import purchase
 
 
@@ -33,7 +33,8 @@ def test_register_returns_the_user_and_never_the_password(client: TestClient) ->
     )
     assert response.status_code == 201
     body = response.json()
-    assert set(body) == {"id", "username", "email", "created_at"}
+    assert set(body) == {"id", "username", "email", "role", "created_at"}
+    assert body["role"] == "member"
     assert (body["username"], body["email"]) == ("tim", "tim@example.com")
     assert response.headers["location"] == "/users/tim"
 
@@ -191,8 +192,9 @@ def test_nobody_can_end_anyone_elses_session(client: TestClient) -> None:
     assert client.delete("/auth/sessions/999999", headers=bearer(tim)).status_code == 404
 
 
-def test_a_user_token_captures_purchases_in_its_name(client: TestClient) -> None:
+def test_a_staff_token_captures_purchases_in_its_name(client: TestClient, settings: Settings) -> None:
     register(client)
+    make_staff(settings, "tim")
     token = login(client)
     response = client.post("/purchases", json=purchase(), headers=bearer(token))
     assert response.status_code == 201

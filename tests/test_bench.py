@@ -22,7 +22,8 @@ from service.bench.load import Run, builtin_load, parse_wrk, wrk_load, wrk_scrip
 from service.bench.progress import Progress
 from service.bench.runner import sweep_steps
 from service.bench.scenarios import Context, posts_request, purchase_request
-from tests.conftest import free_port, table_counts
+from service.config import Settings
+from tests.conftest import free_port, make_api_key, table_counts
 
 pytestmark = pytest.mark.slow
 
@@ -154,12 +155,24 @@ def test_a_sweep_measures_each_step_of_connections(
 
 
 def test_a_running_service_is_driven_through_its_api(
-    live_service: Callable[..., Any], tmp_path: Path, database_url: str
+    live_service: Callable[..., Any], tmp_path: Path, database_url: str, settings: Settings
 ) -> None:
     scenarios = ("purchase", "batch", "posts", "feed", "summary")
+    key = make_api_key(settings, "bench")
     with live_service() as base:
         done = run_bench(
-            *("--target", base, "--generator", "builtin", "--seconds", "1", "--rounds", "1"),
+            *(
+                "--target",
+                base,
+                "--api-key",
+                key,
+                "--generator",
+                "builtin",
+                "--seconds",
+                "1",
+                "--rounds",
+                "1",
+            ),
             *("--memory", "0", "--connections", "4", "--output", str(tmp_path)),
             *(arg for name in scenarios for arg in ("--scenario", name)),
         )
@@ -174,6 +187,13 @@ def test_a_running_service_is_driven_through_its_api(
     counts = table_counts(database_url)
     assert counts["users"] == 11 and counts["posts"] >= 100 and counts["follows"] == 10
     assert counts["customers"] > 1000 and counts["purchases"] >= 10_000
+
+
+def test_a_target_without_an_api_key_is_refused_before_anything_is_sent() -> None:
+    # The accounts it would register are members: the ledger's scenarios need a key.
+    done = run_bench("--target", "http://127.0.0.1:9")
+    assert done.returncode == 2
+    assert "--target needs --api-key" in done.stderr
 
 
 def test_a_target_that_is_not_http_is_refused() -> None:

@@ -201,7 +201,13 @@ def test_concurrent_transactions_all_commit(settings: Settings) -> None:
             async with db.transaction():
                 await db.execute(
                     db.sql.create_api_key,
-                    {"name": f"k{n}", "key_hash": f"{n:064d}", "key_prefix": "p", "created_at": utc_now()},
+                    {
+                        "name": f"k{n}",
+                        "key_hash": f"{n:064d}",
+                        "key_prefix": "p",
+                        "scopes": "reports:read",
+                        "created_at": utc_now(),
+                    },
                 )
                 await asyncio.sleep(0)  # hand the loop to the others mid-transaction
 
@@ -219,7 +225,13 @@ def test_a_failed_transaction_leaves_nothing_behind(settings: Settings) -> None:
         prepare_schema(settings.schema_database_url)
         db = open_database(settings)
         await db.connect()
-        row = {"name": "a", "key_hash": "h" * 64, "key_prefix": "p", "created_at": utc_now()}
+        row = {
+            "name": "a",
+            "key_hash": "h" * 64,
+            "key_prefix": "p",
+            "scopes": "reports:read",
+            "created_at": utc_now(),
+        }
         try:
             with pytest.raises(Exception):  # noqa: B017 - either driver's unique violation
                 async with db.transaction():
@@ -235,7 +247,9 @@ def test_a_failed_transaction_leaves_nothing_behind(settings: Settings) -> None:
 def test_named_statements_compile_for_each_dialect() -> None:
     sqlite = load_queries("sqlite").create_api_key
     postgres = load_queries("postgresql").create_api_key
-    assert sqlite.parameters == postgres.parameters == ("name", "key_hash", "key_prefix", "created_at")
+    assert (
+        sqlite.parameters == postgres.parameters == ("name", "key_hash", "key_prefix", "scopes", "created_at")
+    )
     assert ":name" in sqlite.sql and "$1" in postgres.sql and ":name" not in postgres.sql
 
 
@@ -265,7 +279,13 @@ def test_statements_run_atomically_commit_together_or_not_at_all(settings: Setti
         prepare_schema(settings.schema_database_url)
         db = open_database(settings)
         await db.connect()
-        row = {"name": "a", "key_hash": "h" * 64, "key_prefix": "p", "created_at": utc_now()}
+        row = {
+            "name": "a",
+            "key_hash": "h" * 64,
+            "key_prefix": "p",
+            "scopes": "reports:read",
+            "created_at": utc_now(),
+        }
         try:
             done = await db.fetch_all_atomically(
                 [
@@ -309,7 +329,13 @@ def test_writers_readers_and_transactions_at_once_never_deadlock(settings: Setti
 
         def key_row() -> dict[str, Any]:
             n = next(counter)
-            return {"name": f"k{n}", "key_hash": f"{n:064d}", "key_prefix": "p", "created_at": utc_now()}
+            return {
+                "name": f"k{n}",
+                "key_hash": f"{n:064d}",
+                "key_prefix": "p",
+                "scopes": "reports:read",
+                "created_at": utc_now(),
+            }
 
         async def single_writer() -> None:
             await db.fetch_all_atomically([(db.sql.create_api_key, key_row())])

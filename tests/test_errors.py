@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.testclient import TestClient
 
+from service.access import ANYONE, WHO_MAY_CALL
 from service.app import create_app, route
 from service.config import Settings
 from service.errors import Problem
@@ -44,7 +45,9 @@ async def database_gone(request: Request) -> Response:
 
 
 @pytest.fixture
-def probe(settings: Settings) -> Iterator[TestClient]:
+def probe(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    for name in ("POST /probe/echo", "GET /probe/conflict", "GET /probe/crash", "GET /probe/database-gone"):
+        monkeypatch.setitem(WHO_MAY_CALL, name, ANYONE)
     app = create_app(settings)
     app.router.routes.extend(
         [

@@ -284,6 +284,49 @@ def test_downgrade_to_revision_one_and_up_again_keeps_every_row(fresh_database_u
         assert api.get(f"/posts/{old.tim_post_id}").json()["content"] == "edited"
 
 
+def test_upgrading_to_roles_makes_every_user_a_member_and_keeps_every_keys_scopes(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    old = build_database_before_migrations(url)
+    assert run_cli(url, "db", "upgrade", "0003").returncode == 0
+    assert "role" not in columns_of(url, "users") and "scopes" not in columns_of(url, "api_keys")
+
+    port = free_port()
+    process = start_service(url, port)
+    try:
+        wait_until_answering(process, f"http://127.0.0.1:{port}", "/ready", 30)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as api:
+            assert revision_of(url) == HEAD and rows_in(url) == old.counts
+            # Every account is a member now, the live session it had included.
+            me = api.get("/users/me", headers=old.token)
+            assert me.status_code == 200 and me.json()["role"] == "member"
+            assert api.get("/purchases", headers=old.token).status_code == 403
+            assert api.patch(f"/posts/{old.tim_post_id}", json={"content": "x"}, headers=old.token).is_success
+            assert_everything_readable(api, old)
+            # The key made before scopes existed may still do everything.
+            key = {"X-API-Key": old.api_key}
+            assert api.get("/reports/sales?group_by=item", headers=key).status_code == 200
+            recorded = api.post(
+                "/purchases",
+                json={
+                    "customer": {"email": "ann@example.com", "name": "Ann"},
+                    "item": "pen",
+                    "quantity": 1,
+                    "unit_price": "1.00",
+                },
+                headers=key,
+            )
+            assert recorded.status_code == 201, recorded.text
+    finally:
+        output = stop(process)
+    assert "no user is staff yet" in output and "user set-role USERNAME staff" in output
+    listed = run_cli(url, "apikey", "list")
+    assert [line.split("\t")[2] for line in listed.stdout.splitlines()] == [
+        "purchases:write purchases:read reports:read"
+    ] * 2
+
+
 def settings_for(url: str, **changes: Any) -> Settings:
     from service.config import load_settings
 

@@ -69,10 +69,41 @@ def test_both_security_schemes_are_declared_and_used_where_they_apply(spec: dict
     }
     assert schemes["apiKeyAuth"]["in"] == "header" and schemes["apiKeyAuth"]["name"] == "X-API-Key"
     paths = spec["paths"]
-    assert paths["/purchases"]["post"]["security"] == [{"bearerAuth": []}, {"apiKeyAuth": []}]
+    # A scheme's list names the role (a token's) or the scope (a key's) the operation needs.
+    assert paths["/purchases"]["post"]["security"] == [
+        {"bearerAuth": ["staff"]},
+        {"apiKeyAuth": ["purchases:write"]},
+    ]
+    assert paths["/purchases"]["get"]["security"] == [
+        {"bearerAuth": ["staff"]},
+        {"apiKeyAuth": ["purchases:read"]},
+    ]
+    assert paths["/reports/sales"]["get"]["security"] == [
+        {"bearerAuth": ["staff"]},
+        {"apiKeyAuth": ["reports:read"]},
+    ]
     assert paths["/posts"]["post"]["security"] == [{"bearerAuth": []}]
     assert "security" not in paths["/posts"]["get"]  # reads are public
-    assert "401" in paths["/purchases"]["post"]["responses"]
+    assert {"401", "403"} <= set(paths["/purchases"]["post"]["responses"])
+    assert {"401", "403"} <= set(paths["/posts"]["post"]["responses"])  # an API key is refused there
+    assert not {"401", "403"} & set(paths["/posts"]["get"]["responses"])
+
+
+def test_every_operation_says_in_words_who_may_call_it(spec: dict[str, Any]) -> None:
+    described = {
+        f"{method.upper()} {path}": operation["description"]
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+    }
+    assert described["POST /purchases"] == (
+        "Who may call it: a staff user, with their access token, or an API key with the"
+        " purchases:write scope."
+    )
+    assert described["GET /feed"] == (
+        "Who may call it: any signed-in user (member or staff), with their access token."
+    )
+    assert described["GET /posts"] == "Who may call it: anyone, with no credential."
+    assert all(text.startswith("Who may call it: ") for text in described.values())
 
 
 def test_request_bodies_come_from_the_marshmallow_schemas(spec: dict[str, Any]) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, service_env
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -67,8 +69,21 @@ def browser_page() -> Iterator[Any]:
             browser.close()
 
 
+def set_role(database_url: str, username: str, role: str) -> None:
+    """What an administrator types on the server: `python -m service user set-role USERNAME ROLE`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "user", "set-role", username, role],
+        cwd=ROOT,
+        env=service_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_person_registers_signs_in_and_records_purchases(
-    browser_page: Any, live_service: Callable[..., Any], backend: str
+    browser_page: Any, live_service: Callable[..., Any], backend: str, database_url: str
 ) -> None:
     from playwright.sync_api import expect
 
@@ -77,14 +92,32 @@ def test_a_person_registers_signs_in_and_records_purchases(
         page.goto(f"{base}/")
         assert page.title() == "Record a purchase"
 
-        # Register (which signs in), then sign out and sign in again.
+        # Register (which signs in): a new account is a member, and the page says at once that
+        # the ledger needs a staff account, instead of offering views that would each fail.
         page.click("summary")
         page.fill("#register-username", "shopkeeper")
         page.fill("#register-email", "shop@example.com")
         page.fill("#register-password", "a long enough password")
         page.click("#register-form button[type=submit]")
-        page.wait_for_selector("#capture:not([hidden])")
+        page.wait_for_selector("#staff-needed:not([hidden])")
         assert page.text_content("#who") == "shopkeeper"
+        assert page.text_content("#member-name") == "shopkeeper"
+        assert page.text_content("#set-role-command") == "python -m service user set-role shopkeeper staff"
+        assert page.is_hidden("#capture") and page.is_hidden("#latest")
+        assert page.locator("nav a[data-view]:visible").count() == 0
+        page.goto(f"{base}/#reports")  # an address that names a view changes nothing for a member
+        page.wait_for_selector("#staff-needed:not([hidden])")
+        assert page.is_hidden("#reports")
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"purchase-page-member-{backend}.png"), full_page=True)
+
+        # An administrator makes the account staff; a reload (as the page says) shows the views.
+        set_role(database_url, "shopkeeper", "staff")
+        page.goto(f"{base}/#record")
+        page.reload()
+        page.wait_for_selector("#capture:not([hidden])")
+        assert page.is_hidden("#staff-needed")
         page.click("#sign-out")
         page.wait_for_selector("#account:not([hidden])")
         page.fill("#sign-in-username", "shopkeeper")
@@ -142,11 +175,22 @@ def test_a_person_registers_signs_in_and_records_purchases(
 
         # It fits a phone: nothing wider than the screen.
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-        ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"purchase-page-{backend}.png"), full_page=True)
-    # No script errors and no CSP violations; the one failed request is the bad price, on purpose.
-    expected = "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)"
-    assert [problem for problem in page.problems if problem != expected] == []
+
+        # Made a member again while signed in: the next purchase is refused (403), and the page
+        # says why instead of showing the refusal as an error of the form.
+        set_role(database_url, "shopkeeper", "member")
+        page.fill("#item", "chair")
+        page.click("#purchase-form button[type=submit]")
+        page.wait_for_selector("#staff-needed:not([hidden])")
+        assert page.is_hidden("#capture") and page.text_content("#purchase-error") == ""
+    # No script errors and no CSP violations; the failed requests are on purpose: the bad price
+    # (422) and the purchase of a member (403).
+    expected = {
+        "Failed to load resource: the server responded with a status of 422 (Unprocessable Entity)",
+        "Failed to load resource: the server responded with a status of 403 (Forbidden)",
+    }
+    assert [problem for problem in page.problems if problem not in expected] == []
 
 
 def test_the_docs_page_renders_the_api_in_the_browser(
@@ -224,7 +268,7 @@ def _seed_sales(base: str, headers: dict[str, str], today: datetime) -> None:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_reports_chart_the_report_routes_figures_and_a_customer_is_found_and_paged(
-    browser_page: Any, live_service: Callable[..., Any], backend: str
+    browser_page: Any, live_service: Callable[..., Any], backend: str, database_url: str
 ) -> None:
     from playwright.sync_api import expect
 
@@ -237,6 +281,7 @@ def test_reports_chart_the_report_routes_figures_and_a_customer_is_found_and_pag
             "password": "a long enough password",
         }
         assert api.post("/auth/register", json=account).status_code == 201
+        set_role(database_url, "shopkeeper", "staff")
         token = api.post(
             "/auth/login", json={"username": "shopkeeper", "password": account["password"]}
         ).json()["access_token"]

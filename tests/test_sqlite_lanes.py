@@ -51,7 +51,13 @@ async def connected(settings: Settings, queries: Queries | None = None) -> Async
 
 
 def key_row(n: int) -> dict[str, Any]:
-    return {"name": f"k{n}", "key_hash": f"{n:064d}", "key_prefix": "p", "created_at": utc_now()}
+    return {
+        "name": f"k{n}",
+        "key_hash": f"{n:064d}",
+        "key_prefix": "p",
+        "scopes": "reports:read",
+        "created_at": utc_now(),
+    }
 
 
 def test_the_default_sqlite_pool_is_one_read_lane_beside_the_writers_connection(

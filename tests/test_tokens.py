@@ -164,4 +164,10 @@ def test_account_routes_refuse_api_keys_and_anonymous_callers(
     client: TestClient, api_key: str, method: str, path: str
 ) -> None:
     assert client.request(method, path).status_code == 401
-    assert client.request(method, path, headers={"X-API-Key": api_key}).status_code == 401
+    keyed = client.request(method, path, headers={"X-API-Key": api_key})
+    assert keyed.status_code == 403  # live, but a key is not a person
+    assert (
+        keyed.json()["detail"]
+        == "This route acts as a person: it takes a user's access token, not an API key."
+    )
+    assert client.request(method, path, headers={"X-API-Key": "pfs_never-issued"}).status_code == 401

@@ -408,7 +408,7 @@ def bench_target(options: Any, progress: Progress, outcome: Outcome) -> None:
     """Drive a running service: no database of our own, no limit app, no memory check (its
     processes are elsewhere)."""
     base = options.target.rstrip("/")
-    ctx = seed_through_api(base, options.api_key or "", lambda line: progress.step(f"target: {line}"))
+    ctx = seed_through_api(base, options.api_key, lambda line: progress.step(f"target: {line}"))
     with tempfile.TemporaryDirectory() as folder:
         drive_scenarios(
             "target", lambda scenario: {"service": base}, ctx, options, Path(folder), progress, outcome

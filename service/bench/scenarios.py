@@ -15,14 +15,14 @@ from service.bench.load import Request
 class Context:
     """What a scenario's requests need: credentials and how much data there is."""
 
-    api_key: str  # "" against a target without one: the purchase scenarios then sign in as the reader
+    api_key: str  # with every scope: the ledger's scenarios send it
     token: str
     customer_ids: list[int]
 
     @property
     def caller_headers(self) -> dict[str, str]:
-        """How a purchase scenario says who it is: the API key, else the reader's token."""
-        return {"X-API-Key": self.api_key} if self.api_key else {"Authorization": f"Bearer {self.token}"}
+        """How a scenario on the purchase ledger says who it is: the API key."""
+        return {"X-API-Key": self.api_key}
 
 
 def purchase_request(rng: random.Random, ctx: Context) -> Request:

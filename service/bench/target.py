@@ -68,7 +68,7 @@ def record_customers(base: str, ctx: Context, say: Callable[[str], None]) -> Non
 
 def seed_through_api(base: str, api_key: str, say: Callable[[str], None]) -> Context:
     """A reader following AUTHORS users with POSTS_EACH posts each, some liked and commented; the
-    reader's token, and `api_key` (or the reader's token) for the purchase scenarios."""
+    reader's token, and `api_key` (every scope) for the ledger's scenarios."""
     tag = secrets.token_hex(3)
     password = secrets.token_urlsafe(16)
     say(f"seeding through the API: {AUTHORS + 1} users (bench_{tag}_*), {AUTHORS * POSTS_EACH} posts")

@@ -5,6 +5,8 @@
 
 const TOKEN_KEY = "purchase-feed-service.token";
 const USER_KEY = "purchase-feed-service.user";
+// The signed-in account ({username, role, ...} from GET /users/me): only staff use the views.
+let account = null;
 const $ = (id) => document.getElementById(id);
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
@@ -67,7 +69,9 @@ function currentView() {
 // Show the view the address names; `focusHeading` moves the focus there (a keyboard user's
 // or a screen reader's place follows the click).
 function showView(focusHeading) {
-  if (!token()) return;
+  if (!token() || !account) return;
+  if (account.role !== "staff") { staffNeeded(focusHeading); return; }
+  $("staff-needed").hidden = true;
   const name = currentView();
   const view = VIEWS[name];
   for (const id of ALL_VIEW_SECTIONS) $(id).hidden = !view.sections.includes(id);
@@ -82,24 +86,50 @@ function showView(focusHeading) {
 
 window.addEventListener("hashchange", () => showView(true));
 
-function signedIn(username) {
-  $("who").textContent = username;
+// A member signed in, or a 403 from the ledger (the role was changed meanwhile): say what is
+// needed once, instead of failing request by request.
+function staffNeeded(focusHeading) {
+  if (account) account.role = "member";
+  for (const item of document.querySelectorAll(".staff-only")) item.hidden = true;
+  for (const id of ALL_VIEW_SECTIONS) $(id).hidden = true;
+  $("result").hidden = true;
+  $("member-name").textContent = account ? account.username : "This account";
+  $("set-role-command").textContent =
+    `python -m service user set-role ${account ? account.username : "USERNAME"} staff`;
+  $("staff-needed").hidden = false;
+  document.title = "A staff account is needed";
+  if (focusHeading) $("staff-needed-title").focus();
+}
+
+function signedIn(me) {
+  account = me;
+  $("who").textContent = me.username;
   $("signed-in").hidden = false;
   $("account").hidden = true;
-  for (const item of document.querySelectorAll(".signed-in-only")) item.hidden = false;
+  for (const item of document.querySelectorAll(".staff-only")) item.hidden = me.role !== "staff";
   showView(false);
-  if (currentView() === "record") $("customer-email").focus();
+  if (me.role === "staff" && currentView() === "record") $("customer-email").focus();
 }
 
 function signedOut() {
+  account = null;
   sessionStorage.removeItem(TOKEN_KEY);
   sessionStorage.removeItem(USER_KEY);
   $("signed-in").hidden = true;
   $("account").hidden = false;
-  for (const item of document.querySelectorAll(".signed-in-only")) item.hidden = true;
+  $("staff-needed").hidden = true;
+  for (const item of document.querySelectorAll(".staff-only")) item.hidden = true;
   for (const id of ALL_VIEW_SECTIONS) $(id).hidden = true;
   $("result").hidden = true;
   document.title = "Record a purchase";
+}
+
+// What every ledger request does with an answer that is not for this account: false when it
+// took over (a 401 ends the session, a 403 says a staff account is needed).
+function allowed(answer) {
+  if (answer.status === 401) { sessionEnded(); return false; }
+  if (answer.status === 403) { staffNeeded(true); return false; }
+  return true;
 }
 
 // A 401 anywhere: the session ended (logout elsewhere, expiry); back to the sign-in form.
@@ -113,7 +143,9 @@ async function signIn(username, password, form, prefix, summaryId) {
   if (!answer.ok) { showProblem(form, prefix, summaryId, answer.data); return false; }
   sessionStorage.setItem(TOKEN_KEY, answer.data.access_token);
   sessionStorage.setItem(USER_KEY, username);
-  signedIn(username);
+  const me = await api("GET", "/users/me");
+  if (!me.ok) { showProblem(form, prefix, summaryId, me.data); return false; }
+  signedIn(me.data);
   return true;
 }
 
@@ -159,7 +191,7 @@ $("purchase-form").addEventListener("submit", async (event) => {
   const form = event.target;
   clearErrors(form);
   const answer = await api("POST", "/purchases", purchaseBody(fieldsOf(form)));
-  if (answer.status === 401) { sessionEnded(); return; }
+  if (!allowed(answer)) return;
   if (!answer.ok) { showProblem(form, "error-", "purchase-error", answer.data); return; }
   showResult(answer.data);
   form.querySelector("#item").value = "";
@@ -197,7 +229,7 @@ async function loadLatest() {
   const answer = await api("GET", "/purchases?limit=10");
   const list = $("latest-list");
   list.replaceChildren();
-  if (!answer.ok) return;
+  if (!allowed(answer) || !answer.ok) return;
   for (const purchase of answer.data.items) {
     list.append(purchaseRow(purchase, `${purchase.customer.email} · ${new Date(purchase.purchased_at).toLocaleString()}`));
   }
@@ -208,5 +240,5 @@ async function loadLatest() {
 (async () => {
   if (!token()) return;
   const me = await api("GET", "/users/me");
-  if (me.ok) signedIn(me.data.username); else signedOut();
+  if (me.ok) signedIn(me.data); else signedOut();
 })();

@@ -1,6 +1,7 @@
 // Reports (sales per day as a chart and a table, totals, top items) and Find a customer (summary
 // and purchases, paged with the cursor). Every figure is read from /reports/sales and the
-// customer routes; sums are added up here in whole cents. Needs page.js (api, $, showProblem, purchaseRow).
+// customer routes; sums are added up here in whole cents. Needs page.js (api, $, showProblem,
+// purchaseRow, allowed).
 "use strict";
 
 const DAY_MS = 86400000;
@@ -80,7 +81,7 @@ async function showReport() {
     api("GET", `/reports/sales?group_by=day&limit=1000&${range}`),
     api("GET", `/reports/sales?group_by=item&limit=10&${range}`),
   ]);
-  if (byDay.status === 401 || byItem.status === 401) { sessionEnded(); return; }
+  if (!allowed(byDay) || !allowed(byItem)) return;
   const failed = [byDay, byItem].find((answer) => !answer.ok);
   if (failed) { showProblem(form, "range-error-", "range-error", failed.data); return; }
 
@@ -198,7 +199,7 @@ async function findCustomer() {
   const email = form.elements.email.value.trim();
   if (!email) { showProblem(form, "find-error-", "find-error", { errors: { email: ["Enter the customer's email."] } }); return; }
   const found = await api("GET", `/customers?email=${encodeURIComponent(email)}`);
-  if (found.status === 401) { sessionEnded(); return; }
+  if (!allowed(found)) return;
   if (!found.ok) { showProblem(form, "find-error-", "find-error", found.data); return; }
   const [customer] = found.data.items;
   if (!customer) {
@@ -207,6 +208,7 @@ async function findCustomer() {
     return;
   }
   const summary = await api("GET", `/customers/${customer.id}/summary`);
+  if (!allowed(summary)) return;
   if (!summary.ok) { showProblem(form, "find-error-", "find-error", summary.data); return; }
   const s = summary.data;
   $("found-name").textContent = customer.name;
@@ -228,7 +230,7 @@ async function findCustomer() {
 async function morePurchases() {
   const cursor = nextCursor ? `&cursor=${encodeURIComponent(nextCursor)}` : "";
   const page = await api("GET", `/customers/${customerId}/purchases?limit=${PAGE_SIZE}${cursor}`);
-  if (page.status === 401) { sessionEnded(); return; }
+  if (!allowed(page)) return;
   if (!page.ok) { $("find-error").textContent = (page.data && page.data.detail) || "Could not load the purchases."; return; }
   const list = $("found-purchases");
   for (const purchase of page.data.items) list.append(purchaseRow(purchase, when(purchase.purchased_at)));
