@@ -19,6 +19,7 @@ from tests.conftest import (
     ROOT,
     free_port,
     make_api_key,
+    make_staff,
     running_service,
     service_env,
 )
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 def live_api(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    """One live server per database for the whole module, with a user and an API key on it."""
+    """One live server per database for the whole module, with a staff user and an API key on it."""
     from dataclasses import replace
 
     from service.config import load_settings
@@ -41,7 +42,8 @@ def live_api(
     else:
         url = request.getfixturevalue("postgres_database")
         empty_postgres(url)
-    key = make_api_key(replace(load_settings(environ={}, env_file=None), database_url=url))
+    settings = replace(load_settings(environ={}, env_file=None), database_url=url)
+    key = make_api_key(settings)
     port = free_port()
     args = [sys.executable, "-m", "service", "--port", str(port)]
     # Every generated sign-in comes from 127.0.0.1, as the same few usernames, nearly all with a
@@ -52,6 +54,7 @@ def live_api(
         PASSWORDS_SENT.add(PASSWORD)
         account = {"username": "fuzz", "email": "fuzz@example.com", "password": PASSWORD}
         assert httpx.post(f"{base}/auth/register", json=account).status_code == 201
+        make_staff(settings, "fuzz")  # so that every operation, the ledger's too, can be reached
         yield {"base": base, "api_key": key}
 
 
