@@ -362,14 +362,18 @@ def make_api_key(settings: Settings, name: str = "tests", scopes: Iterable[str] 
     return on_database(settings, create)
 
 
+def set_role(settings: Settings, username: str, role: str) -> None:
+    """Give a registered user `role`, as `python -m service user set-role USERNAME ROLE` does."""
+    from service.accounts import set_role as change_role
+
+    async def change(db: Any) -> None:
+        assert await change_role(db, username, role) is not None, f"no user {username}"
+
+    on_database(settings, change)
+
+
 def make_staff(settings: Settings, username: str) -> None:
-    """Make a registered user staff, as `python -m service user set-role USERNAME staff` does."""
-    from service.accounts import set_role
-
-    async def promote(db: Any) -> None:
-        assert await set_role(db, username, "staff") is not None, f"no user {username}"
-
-    on_database(settings, promote)
+    set_role(settings, username, "staff")
 
 
 @pytest.fixture

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +15,9 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import ROOT, service_env
+from service.config import load_settings
+from tests.conftest import ROOT, pooler_settings
+from tests.conftest import set_role as give_role
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -70,16 +70,10 @@ def browser_page() -> Iterator[Any]:
 
 
 def set_role(database_url: str, username: str, role: str) -> None:
-    """What an administrator types on the server: `python -m service user set-role USERNAME ROLE`."""
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "user", "set-role", username, role],
-        cwd=ROOT,
-        env=service_env(database_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
+    """What an administrator's `python -m service user set-role USERNAME ROLE` does to the live
+    service's database (the command itself is tested in test_access.py)."""
+    environ = {"DATABASE_URL": database_url, **pooler_settings(database_url)}
+    give_role(load_settings(environ=environ, env_file=None), username, role)
 
 
 def test_a_person_registers_signs_in_and_records_purchases(
