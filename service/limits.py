@@ -23,6 +23,7 @@ POOL_TIMEOUT = "pool_timeout"
 OVERLOADED = "overloaded"
 LOCK_TIMEOUT = "lock_timeout"
 STATEMENT_TIMEOUT = "statement_timeout"
+REPORT_TIMEOUT = "report_timeout"
 
 DETAILS = {
     POOL_TIMEOUT: "No database connection came free within the pool wait limit (DB_POOL_TIMEOUT_MS);"
@@ -33,6 +34,8 @@ DETAILS = {
     " nothing was written; try again shortly.",
     STATEMENT_TIMEOUT: "The database did not finish within the statement time limit"
     " (DB_STATEMENT_TIMEOUT_MS); nothing was written; try again shortly.",
+    REPORT_TIMEOUT: "The report did not finish within the report time limit"
+    " (REPORT_STATEMENT_TIMEOUT_MS); try a shorter range, or again shortly.",
 }
 
 # When a request has already spent part of its lock budget waiting its turn here, the monotonic

@@ -34,7 +34,7 @@ LATENCY = Histogram(
 LIMITS_REACHED = Counter(
     "db_limit_reached_total",
     "Requests answered 503 because a database limit was reached, by reason"
-    " (pool_timeout, overloaded, lock_timeout, statement_timeout).",
+    " (pool_timeout, overloaded, lock_timeout, statement_timeout, report_timeout).",
     ["reason"],
 )
 LOGINS_THROTTLED = Counter(

@@ -23,7 +23,8 @@ nearly half of PostgreSQL's CPU (0.40-0.48 -> 0.21-0.27 ms a request) and, on a 
 p99 at 1.1-5 times the limit app's (after: 0.4-0.5 times). The service's statements are keyed
 lookups and index-ordered pages, whose plan does not depend on the values; the few that do (reports
 over a caller's date range) say `-- plan: per call` and are planned for their values inside a
-transaction of their own. PostgreSQL 12 or newer (the setting's first release).
+transaction of their own. PostgreSQL 12 or newer (the setting's first release). Reports (`-- limit:
+report`) run the same way, with REPORT_STATEMENT_TIMEOUT_MS as their limit in that transaction.
 
 Behind a transaction-mode pooler (DB_STATEMENT_CACHE=0) a connection is not one server session:
 asyncpg keeps no prepared statements, and the two timeouts cannot be startup parameters
@@ -38,6 +39,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import asyncpg
 from databases.backends.postgres import PostgresBackend as StockPostgresBackend
 from databases.backends.postgres import PostgresConnection as StockPostgresConnection
 from sqlalchemy.sql import ClauseElement
@@ -46,6 +48,7 @@ from service.config import DatabaseLimits
 from service.limits import (
     LOCK_TIMEOUT,
     POOL_TIMEOUT,
+    REPORT_TIMEOUT,
     STATEMENT_TIMEOUT,
     LimitReached,
     WaitCounter,
@@ -137,6 +140,8 @@ class PostgresConnection(StockPostgresConnection):
             self._database.turns.release()
 
     async def _run_named(self, method: Callable[..., Awaitable[T]], named: Any) -> T:
+        if named.statement.report:
+            return await self._run_report(method, named)
         if named.statement.planned_per_call and not self._database.behind_pooler:
             # Inside an open transaction this is a savepoint, and the rest of that transaction is
             # planned per call too: SET LOCAL outlives a released savepoint.
@@ -144,6 +149,20 @@ class PostgresConnection(StockPostgresConnection):
                 await self.raw_connection.execute(_PLAN_FOR_THESE_VALUES)
                 return await self._run_within_limits(method, named)
         return await self._run_within_limits(method, named)
+
+    async def _run_report(self, method: Callable[..., Awaitable[T]], named: Any) -> T:
+        """A report, in a transaction of its own with REPORT_STATEMENT_TIMEOUT_MS as its limit on the
+        server (SET LOCAL: a transaction-mode pooler keeps one server session for it, and the
+        session goes back as it came) and on this side, planned for its values."""
+        limit_ms = self._database.limits.report_statement_timeout_ms
+        async with self.raw_connection.transaction():
+            await self.raw_connection.execute(
+                f"SET LOCAL statement_timeout = {int(limit_ms)}; {_PLAN_FOR_THESE_VALUES}"
+            )
+            try:
+                return await method(named.statement.sql, *named.arguments, timeout=limit_ms / 1000)
+            except (TimeoutError, asyncpg.QueryCanceledError):
+                raise LimitReached(REPORT_TIMEOUT) from None
 
     async def _run_within_limits(self, method: Callable[..., Awaitable[T]], named: Any) -> T:
         """`method(sql, *arguments)`: given only the rest of the lock budget after a wait for a turn,

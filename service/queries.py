@@ -6,7 +6,9 @@ as its docstring, parameters written `:email`. `sql/<domain>.sql` holds what bot
 
 A comment line `-- plan: per call` marks a statement whose best plan depends on its values (a
 report over a day or over a year): PostgreSQL plans it afresh each time, where every other
-statement keeps one generic plan per connection (see `service.postgres_backend`).
+statement keeps one generic plan per connection (see `service.postgres_backend`). A comment line
+`-- limit: report` marks a report that may read a whole range of rows: it runs under
+REPORT_STATEMENT_TIMEOUT_MS instead of DB_STATEMENT_TIMEOUT_MS.
 
 A statement that starts with SELECT (or WITH) and names no INSERT, UPDATE, DELETE or REPLACE is
 `reads_only`: on SQLite it is queued on a read lane, and everything else takes the write lock (see
@@ -30,6 +32,7 @@ DIALECTS = ("sqlite", "postgresql")
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*([A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
 _PLAN_PER_CALL = "plan: per call"
+_REPORT_LIMIT = "limit: report"
 _WRITING = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
 # String literals, quoted identifiers and comments pass through untouched; `::` is a PostgreSQL cast.
 _TOKENS = re.compile(r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|--[^\n]*|::|:([A-Za-z_][A-Za-z0-9_]*)""")
@@ -42,13 +45,20 @@ class Statement(ClauseElement):
     inherit_cache = False
 
     def __init__(
-        self, name: str, doc: str, source: str, dialect: str, planned_per_call: bool = False
+        self,
+        name: str,
+        doc: str,
+        source: str,
+        dialect: str,
+        planned_per_call: bool = False,
+        report: bool = False,
     ) -> None:
         self.name = name
         self.doc = doc
         self.source = source
         self.dialect = dialect
         self.planned_per_call = planned_per_call
+        self.report = report
         self.parameters, self.sql = _compile(source, dialect)
         self.reads_only = _reads_only(source)
 
@@ -123,6 +133,7 @@ class _Source:
     doc: str
     sql: str
     planned_per_call: bool
+    report: bool
 
 
 def parse_statements(text: str) -> Iterator[_Source]:
@@ -141,9 +152,9 @@ def parse_statements(text: str) -> Iterator[_Source]:
         sql = "\n".join(sql_lines).strip().rstrip(";").strip()
         if not sql:
             raise ValueError(f"statement {mark.group(1)} has no SQL")
-        planned_per_call = _PLAN_PER_CALL in doc_lines
-        doc = " ".join(line for line in doc_lines if line != _PLAN_PER_CALL)
-        yield _Source(mark.group(1), doc, sql, planned_per_call)
+        markers = {_PLAN_PER_CALL, _REPORT_LIMIT}
+        doc = " ".join(line for line in doc_lines if line not in markers)
+        yield _Source(mark.group(1), doc, sql, _PLAN_PER_CALL in doc_lines, _REPORT_LIMIT in doc_lines)
 
 
 class Queries:
@@ -189,6 +200,6 @@ def load_queries(dialect: str, directory: Path | None = None) -> Queries:
                 raise ValueError(f"{path.name}: statement {source.name} is defined twice")
             seen_here.add(source.name)
             statements[source.name] = Statement(
-                source.name, source.doc, source.sql, dialect, source.planned_per_call
+                source.name, source.doc, source.sql, dialect, source.planned_per_call, source.report
             )
     return Queries(statements)

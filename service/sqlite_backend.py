@@ -35,7 +35,7 @@ import logging
 import sqlite3
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from time import monotonic
 from typing import Any, TypeVar
@@ -47,7 +47,15 @@ from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.sql import ClauseElement
 
 from service.config import DatabaseLimits
-from service.limits import LOCK_TIMEOUT, POOL_TIMEOUT, LimitReached, WaitCounter, lock_deadline, seconds_left
+from service.limits import (
+    LOCK_TIMEOUT,
+    POOL_TIMEOUT,
+    REPORT_TIMEOUT,
+    LimitReached,
+    WaitCounter,
+    lock_deadline,
+    seconds_left,
+)
 from service.queries import BoundStatement, bound
 from service.timestamps import to_text
 
@@ -130,6 +138,17 @@ class TaskLock:
 _STEPS_BETWEEN_CHECKS = 1_000_000
 
 
+@contextlib.contextmanager
+def _report_interrupted(limit: float | None) -> Iterator[None]:
+    """A report (`limit` set) stopped by its clock is the report limit's 503, not the statement's."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if limit is not None and str(exc) == "interrupted":
+            raise LimitReached(REPORT_TIMEOUT) from None
+        raise
+
+
 class _StatementClock:
     """When the statements of one hop to a connection's thread must have finished, and the
     connection's busy timeout as last set."""
@@ -141,8 +160,9 @@ class _StatementClock:
         self.deadline = float("inf")
         self.busy_ms = busy_ms
 
-    def start(self) -> None:
-        self.deadline = monotonic() + self.limit
+    def start(self, limit: float | None = None) -> None:
+        """From now, the statement limit (or `limit`, a report's) until `stop`."""
+        self.deadline = monotonic() + (self.limit if limit is None else limit)
 
     def stop(self) -> None:
         self.deadline = float("inf")
@@ -238,7 +258,8 @@ class ReadLane:
         else:
             answer.set_exception(error)
 
-    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def read(self, work: Callable[[sqlite3.Connection], T], limit: float | None = None) -> T:
+        """`work` on this lane's thread, within the statement limit (or `limit` seconds)."""
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[T] = loop.create_future()
         # Taken (popped, atomic under the GIL) by whoever comes first: the thread starting the read,
@@ -252,7 +273,7 @@ class ReadLane:
             except IndexError:
                 loop.call_soon_threadsafe(self._finished)  # given up on while queued
                 return
-            clock.start()
+            clock.start(limit)
             try:
                 result, error = work(raw), None
             except BaseException as exc:
@@ -338,7 +359,13 @@ class SQLitePool:
     async def read_alone(self, query: BoundStatement) -> list[Any]:
         """A named read's rows, from the read lane with the shortest queue."""
         sql, arguments = query.statement.sql, _adapt(query.arguments)  # type: ignore[arg-type]
-        return await self.lane().read(lambda conn: conn.execute(sql, arguments).fetchall())
+        limit = self.report_limit(query.statement)
+        with _report_interrupted(limit):
+            return await self.lane().read(lambda conn: conn.execute(sql, arguments).fetchall(), limit)
+
+    def report_limit(self, statement: Any) -> float | None:
+        """REPORT_STATEMENT_TIMEOUT_MS, in seconds, for a report (`-- limit: report`); else None."""
+        return self.limits.report_statement_timeout_ms / 1000 if statement.report else None
 
     def lane(self) -> ReadLane:
         """The read lane with the shortest queue."""
@@ -487,13 +514,13 @@ class SQLiteConnection(ConnectionBackend):
             key: processors[key](value) if key in processors else value for key, value in params.items()
         }
 
-    async def _in_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _in_thread(self, work: Callable[[sqlite3.Connection], T], limit: float | None = None) -> T:
         # aiosqlite's own queue: the callable runs on the connection's thread, one hop for the lot.
         connection = self.raw_connection
         clock = self._pool.clocks[connection]
 
         def timed() -> T:
-            clock.start()
+            clock.start(limit)
             try:
                 return work(connection._conn)
             finally:
@@ -514,7 +541,10 @@ class SQLiteConnection(ConnectionBackend):
 
     async def fetch_all(self, query: ClauseElement) -> list[Any]:
         sql, arguments = self._prepare(query)
-        return await self._in_thread(lambda conn: conn.execute(sql, arguments).fetchall())
+        named = bound(query)
+        limit = None if named is None else self._pool.report_limit(named.statement)
+        with _report_interrupted(limit):
+            return await self._in_thread(lambda conn: conn.execute(sql, arguments).fetchall(), limit)
 
     async def fetch_one(self, query: ClauseElement) -> Any | None:
         rows = await self.fetch_all(query)

@@ -1,6 +1,7 @@
 -- name: sales_by_item
 -- Purchases, quantity and revenue per item in [since, until), highest revenue first.
 -- plan: per call
+-- limit: report
 SELECT item AS key, count(*) AS purchases, sum(quantity) AS quantity, sum(total_cents) AS revenue_cents
 FROM purchases
 WHERE purchased_at >= :since AND purchased_at < :until
@@ -11,6 +12,7 @@ LIMIT :limit
 -- name: sales_by_customer
 -- Purchases, quantity and revenue per customer (keyed by email) in [since, until), highest revenue first.
 -- plan: per call
+-- limit: report
 SELECT c.email AS key, count(*) AS purchases, sum(p.quantity) AS quantity,
        sum(p.total_cents) AS revenue_cents
 FROM purchases p

@@ -11,6 +11,7 @@ and its schema step connects directly (MIGRATION_DATABASE_URL), as the README sa
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import re
@@ -348,7 +349,13 @@ def on_database(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
         finally:
             await db.disconnect()
 
-    return asyncio.run(run())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(run())
+    # Under a loop already running in this thread (playwright's sync API keeps one): another thread.
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, run()).result()
 
 
 def make_api_key(settings: Settings, name: str = "tests", scopes: Iterable[str] = SCOPES) -> str:

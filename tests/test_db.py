@@ -269,6 +269,17 @@ def test_reports_alone_are_planned_per_call() -> None:
     assert "plan:" not in queries.sales_by_day.doc and queries.sales_by_day.doc
 
 
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_the_sales_reports_alone_run_under_the_report_limit(dialect: str) -> None:
+    queries = load_queries(dialect)
+    assert {statement.name for statement in queries if statement.report} == {
+        "sales_by_day",
+        "sales_by_item",
+        "sales_by_customer",
+    }
+    assert "limit:" not in queries.sales_by_day.doc and queries.sales_by_day.doc
+
+
 def test_missing_parameters_are_named() -> None:
     with pytest.raises(KeyError, match=":key_hash"):
         load_queries("sqlite").find_live_api_key.values()

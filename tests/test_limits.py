@@ -329,6 +329,71 @@ def test_a_statement_past_its_time_limit_is_stopped_and_rolls_back(
     assert (counts["customers"], counts["purchases"]) == (0, 0)  # the upsert went with it
 
 
+def slow_report_queries(dialect: str) -> Queries:
+    """The dialect's statements with the sales report by item made to take over half a second (and
+    the purchase write slowed as above): a report and an ordinary statement, each past 200 ms."""
+    queries = slow_purchase_queries(dialect)
+    statements = {statement.name: statement for statement in queries}
+    original = statements["sales_by_item"]
+    if dialect == "postgresql":
+        pause = "(SELECT 1 FROM pg_sleep(0.6)) = 1"
+    else:
+        pause = (
+            "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000)"
+            " SELECT count(*) FROM n) > 0"
+        )
+    sql = original.source.replace("WHERE purchased_at >= :since", f"WHERE {pause} AND purchased_at >= :since")
+    assert sql != original.source
+    statements["sales_by_item"] = Statement(
+        original.name, original.doc, sql, dialect, original.planned_per_call, original.report
+    )
+    return Queries(statements)
+
+
+def serve_slow_reports(settings: Settings, monkeypatch: pytest.MonkeyPatch, backend: str) -> TestClient:
+    slow = slow_report_queries("sqlite" if backend == "sqlite" else "postgresql")
+    monkeypatch.setattr(
+        app_module, "open_database", lambda s, **options: open_database(s, queries=slow, **options)
+    )
+    return TestClient(app_module.create_app(settings), headers={"X-API-Key": make_api_key(settings)})
+
+
+def test_a_report_runs_under_its_own_limit_while_other_statements_keep_theirs(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    settings = replace(settings, db_statement_timeout_ms=200, report_statement_timeout_ms=20_000)
+    with serve_slow_reports(settings, monkeypatch, backend) as client:
+        assert client.post("/purchases/batch", json={"purchases": [purchase()]}).status_code == 201
+        started = time.perf_counter()
+        report = client.get("/reports/sales", params={"group_by": "item"})
+        seconds = time.perf_counter() - started
+        assert report.status_code == 200, report.text
+        assert report.json()["rows"][0]["key"] == "book"
+        assert seconds > 0.2  # past the statement limit, within the report's
+        # The statement limit still holds for everything else.
+        assert_limit_problem(
+            client.post("/purchases", json=purchase("slow@example.com")), "DB_STATEMENT_TIMEOUT_MS"
+        )
+
+
+def test_a_report_past_its_limit_is_a_503_naming_that_limit(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    settings = replace(settings, report_statement_timeout_ms=200)
+    with serve_slow_reports(settings, monkeypatch, backend) as client:
+        assert client.post("/purchases/batch", json={"purchases": [purchase()]}).status_code == 201
+        before = limit_counts(client.get("/metrics").text).get("report_timeout", 0)  # this process's
+        started = time.perf_counter()
+        response = client.get("/reports/sales", params={"group_by": "item"})
+        seconds = time.perf_counter() - started
+        assert_limit_problem(response, "REPORT_STATEMENT_TIMEOUT_MS")
+        assert seconds < 0.2 + MARGIN_SECONDS
+        assert limit_counts(client.get("/metrics").text).get("report_timeout", 0) == before + 1
+        # The connection is back in working order, with the ordinary limits.
+        assert client.get("/reports/sales", params={"group_by": "day"}).status_code == 200
+        assert client.get("/purchases").status_code == 200
+
+
 def test_queued_turns_share_one_budget_however_many_queue() -> None:
     async def scenario() -> list[tuple[str, float]]:
         turns = WriterTurns(lock_timeout_seconds=0.3)

@@ -7,6 +7,7 @@ and says why, unless REQUIRE_BROWSER=1 (CI), where that is a failure.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -74,6 +75,19 @@ def set_role(database_url: str, username: str, role: str) -> None:
     service's database (the command itself is tested in test_access.py)."""
     environ = {"DATABASE_URL": database_url, **pooler_settings(database_url)}
     give_role(load_settings(environ=environ, env_file=None), username, role)
+
+
+STAFF_PASSWORD = "a long enough password"
+
+
+def staff_headers(api: httpx.Client, database_url: str, username: str) -> dict[str, str]:
+    """A staff account made through the API (then promoted, as an administrator would): its
+    Authorization header. Its password is STAFF_PASSWORD."""
+    account = {"username": username, "email": f"{username}@example.com", "password": STAFF_PASSWORD}
+    assert api.post("/auth/register", json=account).status_code == 201
+    set_role(database_url, username, "staff")
+    signed_in = api.post("/auth/login", json={"username": username, "password": STAFF_PASSWORD})
+    return {"Authorization": f"Bearer {signed_in.json()['access_token']}"}
 
 
 def test_a_person_registers_signs_in_and_records_purchases(
@@ -211,6 +225,11 @@ def _cents(money: str) -> int:
     return int(whole) * 100 + int((fraction + "00")[:2])
 
 
+def _grouped(money: str) -> str:
+    """The API's "1250.00" as the page shows every figure: 1,250.00."""
+    return _money(_cents(money))
+
+
 def _seed_sales(base: str, headers: dict[str, str], today: datetime) -> None:
     """Purchases on several days (one 40 days back, outside the default range), and 23 by tim."""
 
@@ -229,7 +248,7 @@ def _seed_sales(base: str, headers: dict[str, str], today: datetime) -> None:
             "customer": {"email": "bob@example.com", "name": "Bob"},
             "item": "desk",
             "quantity": 1,
-            "unit_price": "249.99",
+            "unit_price": "1249.99",
             "purchased_at": at(2),
         },
         {
@@ -243,7 +262,7 @@ def _seed_sales(base: str, headers: dict[str, str], today: datetime) -> None:
             "customer": {"email": "cy@example.com", "name": "Cy"},
             "item": "desk",
             "quantity": 2,
-            "unit_price": "249.99",
+            "unit_price": "1249.99",
             "purchased_at": at(40),
         },
     ] + [
@@ -269,17 +288,7 @@ def test_reports_chart_the_report_routes_figures_and_a_customer_is_found_and_pag
     page = browser_page
     today = datetime.now(UTC)
     with live_service() as base, httpx.Client(base_url=base, timeout=30) as api:
-        account = {
-            "username": "shopkeeper",
-            "email": "shop@example.com",
-            "password": "a long enough password",
-        }
-        assert api.post("/auth/register", json=account).status_code == 201
-        set_role(database_url, "shopkeeper", "staff")
-        token = api.post(
-            "/auth/login", json={"username": "shopkeeper", "password": account["password"]}
-        ).json()["access_token"]
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = staff_headers(api, database_url, "shopkeeper")
         _seed_sales(base, headers, today)
 
         def report(group_by: str, first_day: datetime, limit: int) -> list[dict[str, Any]]:
@@ -306,7 +315,9 @@ def test_reports_chart_the_report_routes_figures_and_a_customer_is_found_and_pag
         table = page.eval_on_selector_all(
             "#days-table tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
         )
-        assert table == [[d["key"], str(d["purchases"]), str(d["quantity"]), d["revenue"]] for d in days]
+        assert table == [
+            [d["key"], f"{d['purchases']:,}", f"{d['quantity']:,}", _grouped(d["revenue"])] for d in days
+        ]
         bars = page.eval_on_selector_all(
             "#chart rect.bar",
             "bars => bars.map(b => [b.dataset.day, b.dataset.revenue, Number(b.getAttribute('height')),"
@@ -320,14 +331,16 @@ def test_reports_chart_the_report_routes_figures_and_a_customer_is_found_and_pag
             cents = _cents(by_day[day]["revenue"]) if day in by_day else 0
             assert revenue == _money(cents) and title.startswith(f"{day}: {_money(cents)} USD")
             assert abs(height / tallest - cents / most) < 0.01  # drawn to scale
-        assert page.text_content("#total-purchases") == str(sum(d["purchases"] for d in days))
-        assert page.text_content("#total-quantity") == str(sum(d["quantity"] for d in days))
+        assert page.text_content("#total-purchases") == f"{sum(d['purchases'] for d in days):,}"
+        assert page.text_content("#total-quantity") == f"{sum(d['quantity'] for d in days):,}"
         assert page.text_content("#total-revenue") == f"{_money(sum(_cents(d['revenue']) for d in days))} USD"
         top = page.eval_on_selector_all(
             "#top-items tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
         )
         items = report("item", today - timedelta(days=29), 10)
-        assert top == [[i["key"], str(i["purchases"]), str(i["quantity"]), i["revenue"]] for i in items]
+        assert top == [
+            [i["key"], f"{i['purchases']:,}", f"{i['quantity']:,}", _grouped(i["revenue"])] for i in items
+        ]
         assert "desk" in page.text_content("#top-items") and "most was" in page.text_content("#chart-summary")
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         ARTIFACTS.mkdir(exist_ok=True)
@@ -366,12 +379,14 @@ def test_reports_chart_the_report_routes_figures_and_a_customer_is_found_and_pag
         tim = api.get("/customers", params={"email": "tim@example.com"}, headers=headers).json()["items"][0]
         summary = api.get(f"/customers/{tim['id']}/summary", headers=headers).json()
         assert page.text_content("#found-count") == "23" == str(summary["purchase_count"])
-        assert page.text_content("#found-spent") == f"{summary['total_spent']} USD"
-        assert page.text_content("#found-quantity") == str(summary["total_quantity"])
+        assert page.text_content("#found-spent") == f"{_grouped(summary['total_spent'])} USD"
+        assert page.text_content("#found-quantity") == f"{summary['total_quantity']:,}"
         found_top = page.eval_on_selector_all(
             "#found-top tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
         )
-        assert found_top == [[t["item"], str(t["quantity"]), t["spent"]] for t in summary["top_items"]]
+        assert found_top == [
+            [t["item"], f"{t['quantity']:,}", _grouped(t["spent"])] for t in summary["top_items"]
+        ]
         page.screenshot(path=str(ARTIFACTS / f"customer-desktop-{backend}.png"), full_page=True)
 
         # Older purchases, a page at a time, until the cursor runs out: every one, newest first.
@@ -386,7 +401,8 @@ def test_reports_chart_the_report_routes_figures_and_a_customer_is_found_and_pag
             params = {"limit": 100, **({"cursor": cursor} if cursor else {})}
             listed = api.get(f"/customers/{tim['id']}/purchases", params=params, headers=headers).json()
             expected += [
-                f"{p['quantity']} \u00d7 {p['item']} \u2014 {p['total']} USD" for p in listed["items"]
+                f"{p['quantity']:,} \u00d7 {p['item']} \u2014 {_grouped(p['total'])} USD"
+                for p in listed["items"]
             ]
             if not (cursor := listed["next_cursor"]):
                 break
@@ -398,4 +414,93 @@ def test_reports_chart_the_report_routes_figures_and_a_customer_is_found_and_pag
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
         page.screenshot(path=str(ARTIFACTS / f"customer-phone-{backend}.png"), full_page=True)
     # No script errors and no CSP violations.
+    assert page.problems == []
+
+
+def _seed_large_sales(base: str, headers: dict[str, str], today: datetime) -> None:
+    """A big shop's month: 2,400 purchases over 24 days, eight-figure revenue a day, item names of a
+    real catalogue's length."""
+    items = [
+        "ergonomic standing desk with memory presets",
+        "office chair",
+        "monitor arm",
+        "4k monitor 32in",
+        "cable tray",
+    ]
+    purchases = [
+        {
+            "customer": {"email": f"buyer{n % 300}@example.com", "name": f"Buyer {n % 300}"},
+            "item": items[n % len(items)],
+            "quantity": 1 + n % 60,
+            "unit_price": f"{1_899 + n % 7_000}.{n % 100:02d}",
+            "purchased_at": (today - timedelta(days=n % 24, hours=n % 11)).strftime("%Y-%m-%dT%H:%M:00Z"),
+        }
+        for n in range(2_400)
+    ]
+    for start in range(0, len(purchases), 1_000):
+        batch = {"purchases": purchases[start : start + 1_000]}
+        answer = httpx.post(f"{base}/purchases/batch", json=batch, headers=headers, timeout=60)
+        assert answer.status_code == 201, answer.text
+
+
+# The layout does not depend on the database; the figures' agreement with the routes is checked on
+# both databases above.
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_reports_at_real_sizes_fit_a_phone_with_every_figure_whole_and_grouped(
+    browser_page: Any, live_service: Callable[..., Any], backend: str, database_url: str
+) -> None:
+    from playwright.sync_api import expect
+
+    page = browser_page
+    today = datetime.now(UTC)
+    with live_service() as base, httpx.Client(base_url=base, timeout=30) as api:
+        headers = staff_headers(api, database_url, "bigshop")
+        _seed_large_sales(base, headers, today)
+
+        page.goto(f"{base}/#reports")
+        page.fill("#sign-in-username", "bigshop")
+        page.fill("#sign-in-password", STAFF_PASSWORD)
+        page.press("#sign-in-password", "Enter")
+        expect(page.locator("#chart rect.bar")).to_have_count(30)
+        expect(page.locator("#top-items tbody tr")).to_have_count(5)
+
+        # Every axis label is inside the chart, left of where the bars start.
+        labels = page.eval_on_selector_all(
+            "#chart text.axis:not([text-anchor=start]):not(:last-of-type)",
+            "ts => ts.map(t => { const b = t.getBBox(); return [b.x, b.x + b.width, t.textContent]; })",
+        )
+        first_bar = page.eval_on_selector("#chart rect.bar", "b => Number(b.getAttribute('x'))")
+        assert len(labels) == 3 and not any(re.fullmatch(r"\d{4}-\d\d-\d\d", label) for *_, label in labels)
+        assert all(start >= 0 and end <= first_bar for start, end, _ in labels), (labels, first_bar)
+
+        # Each total on one line, inside its box: the number never breaks.
+        for total in ("#total-purchases", "#total-quantity", "#total-revenue"):
+            lines = page.eval_on_selector(f"{total} .figure", "f => f.getClientRects().length")
+            fits = page.eval_on_selector(total, "d => d.scrollWidth <= d.clientWidth")
+            assert lines == 1 and fits, total
+        revenue = page.text_content("#total-revenue .figure") or ""
+        assert len(revenue.replace(",", "").split(".")[0]) >= 9  # a nine-figure month
+
+        # The tables fit the phone without scrolling sideways, and group figures as the totals do.
+        for table in ("#top-items", "#days-table"):
+            page.click("#days summary") if table == "#days-table" else None
+            widths = page.eval_on_selector(table, "t => [t.scrollWidth, t.parentElement.clientWidth]")
+            assert widths[0] <= widths[1], (table, widths)
+        top = page.eval_on_selector_all(
+            "#top-items tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))"
+        )
+        since = (today - timedelta(days=29)).strftime("%Y-%m-%dT00:00:00Z")
+        until = (today + timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
+        items = api.get(
+            "/reports/sales",
+            params={"group_by": "item", "since": since, "until": until, "limit": 10},
+            headers=headers,
+        ).json()["rows"]
+        assert top == [
+            [i["key"], f"{i['purchases']:,}", f"{i['quantity']:,}", _grouped(i["revenue"])] for i in items
+        ]
+        assert all("," in row[2] and "," in row[3] for row in top)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "reports-phone-large.png"), full_page=True)
     assert page.problems == []

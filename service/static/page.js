@@ -10,6 +10,19 @@ let account = null;
 const $ = (id) => document.getElementById(id);
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
+
+// Figures as a person reads them, everywhere on the page: 12,345 and 1,234,567.50.
+function count(value) { return value.toLocaleString("en-US"); }
+
+// "1250.5" or "1250.50" -> 125050 (whole cents: never a float sum of money).
+function cents(text) {
+  const [whole, fraction = ""] = text.split(".");
+  return Number(whole) * 100 + Number((fraction + "00").slice(0, 2));
+}
+
+function money(centsValue) {
+  return `${count(Math.floor(centsValue / 100))}.${String(centsValue % 100).padStart(2, "0")}`;
+}
 // The newest write's X-Consistency-Token (the primary's log position after it), while the page lives.
 let consistencyToken = null;
 
@@ -207,7 +220,7 @@ function showResult(purchase) {
   badge.textContent = purchase.customer_created ? "new customer" : "customer updated";
   const line = document.createElement("p");
   line.textContent = `Saved purchase #${purchase.id}: ${purchase.quantity} × ${purchase.item} for ` +
-    `${purchase.customer.name} <${purchase.customer.email}>, ${purchase.total} ${purchase.currency}. `;
+    `${purchase.customer.name} <${purchase.customer.email}>, ${money(cents(purchase.total))} ${purchase.currency}. `;
   line.append(badge);
   box.append(line);
   box.hidden = false;
@@ -217,7 +230,7 @@ function showResult(purchase) {
 function purchaseRow(purchase, meta) {
   const row = document.createElement("li");
   const what = document.createElement("span");
-  what.textContent = `${purchase.quantity} × ${purchase.item} — ${purchase.total} ${purchase.currency}`;
+  what.textContent = `${count(purchase.quantity)} × ${purchase.item} — ${money(cents(purchase.total))} ${purchase.currency}`;
   const detail = document.createElement("span");
   detail.className = "meta";
   detail.textContent = meta;

@@ -1,23 +1,15 @@
 // Reports (sales per day as a chart and a table, totals, top items) and Find a customer (summary
 // and purchases, paged with the cursor). Every figure is read from /reports/sales and the
 // customer routes; sums are added up here in whole cents. Needs page.js (api, $, showProblem,
-// purchaseRow, allowed).
+// purchaseRow, allowed, cents, money, count).
 "use strict";
 
 const DAY_MS = 86400000;
 const MAX_DAYS = 366;
 const SVG = $("chart").namespaceURI;  // an <svg> in HTML is in the SVG namespace
 
-// "1250.5" or "1250.50" -> 125050 (whole cents: never a float sum of money).
-function cents(money) {
-  const [whole, fraction = ""] = money.split(".");
-  return Number(whole) * 100 + Number((fraction + "00").slice(0, 2));
-}
-
-function money(centsValue) {
-  const whole = Math.floor(centsValue / 100).toLocaleString("en-US");
-  return `${whole}.${String(centsValue % 100).padStart(2, "0")}`;
-}
+// An axis label: 1250000 cents -> "12.5K" (dollars, compact; the exact figures are in the table).
+const AXIS = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
 
 function isoDay(date) { return date.toISOString().slice(0, 10); }
 
@@ -28,14 +20,28 @@ function cell(row, text, header) {
   row.append(element);
 }
 
+// Rows of [label, figure, ...]: a number is shown grouped as the totals are (12,345), a money
+// string as money (1,234.50).
 function fillTable(table, rows) {
   const body = table.tBodies[0];
   body.replaceChildren();
   for (const values of rows) {
     const row = document.createElement("tr");
-    values.forEach((value, index) => cell(row, String(value), index === 0));
+    values.forEach((value, index) => cell(row, index === 0 ? value : figure(value), index === 0));
     body.append(row);
   }
+}
+
+function figure(value) {
+  return typeof value === "number" ? count(value) : money(cents(value));
+}
+
+// A total: the figure never breaks across lines; its unit may go to the next one.
+function showTotal(id, text, unit) {
+  const number = document.createElement("span");
+  number.className = "figure";
+  number.textContent = text;
+  $(id).replaceChildren(number, unit ? ` ${unit}` : "");
 }
 
 // ---- Reports -------------------------------------------------------------------------------
@@ -87,9 +93,9 @@ async function showReport() {
 
   const rows = byDay.data.rows;
   const total = (field) => rows.reduce((sum, row) => sum + row[field], 0);
-  $("total-purchases").textContent = total("purchases").toLocaleString("en-US");
-  $("total-quantity").textContent = total("quantity").toLocaleString("en-US");
-  $("total-revenue").textContent = `${money(rows.reduce((sum, row) => sum + cents(row.revenue), 0))} USD`;
+  showTotal("total-purchases", count(total("purchases")));
+  showTotal("total-quantity", count(total("quantity")));
+  showTotal("total-revenue", money(rows.reduce((sum, row) => sum + cents(row.revenue), 0)), "USD");
 
   $("report").hidden = false;  // first: the chart is drawn at the width it is shown at
   const byKey = new Map(rows.map((row) => [row.key, row]));
@@ -114,20 +120,29 @@ function drawChart() {
   if (!lastDays) return;
   const width = Math.max(280, Math.round(chart.parentElement.clientWidth));
   const height = 220;
-  const left = 64, right = 8, top = 12, bottom = 26;
-  const plotWidth = width - left - right, plotHeight = height - top - bottom;
+  const right = 8, top = 12, bottom = 26;
   const values = lastDays.map(({ row }) => (row ? cents(row.revenue) : 0));
   const highest = Math.max(...values, 0);
-  const scale = highest > 0 ? plotHeight / highest : 0;
   chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
   chart.setAttribute("width", width);
   chart.setAttribute("height", height);
   chart.replaceChildren();
 
-  for (const fraction of [0, 0.5, 1]) {
+  // The revenue axis: its labels are drawn first and measured, so the plot starts where the
+  // widest ends, whatever the figures (USD 0 to 12.5M).
+  const ticks = [0, 0.5, 1].map((fraction) => {
+    const label = svg("text", { class: "axis value", "text-anchor": "end" }, AXIS.format(highest * fraction / 100));
+    chart.append(label);
+    return { fraction, label };
+  });
+  const left = Math.ceil(Math.max(...ticks.map(({ label }) => label.getComputedTextLength()))) + 12;
+  const plotWidth = width - left - right, plotHeight = height - top - bottom;
+  const scale = highest > 0 ? plotHeight / highest : 0;
+  for (const { fraction, label } of ticks) {
     const y = top + plotHeight - fraction * plotHeight;
-    chart.append(svg("line", { class: "grid", x1: left, x2: width - right, y1: y, y2: y }));
-    chart.append(svg("text", { class: "axis", x: left - 6, y: y + 4, "text-anchor": "end" }, money(Math.round(highest * fraction))));
+    label.setAttribute("x", left - 6);
+    label.setAttribute("y", y + 4);
+    chart.insertBefore(svg("line", { class: "grid", x1: left, x2: width - right, y1: y, y2: y }), label);
   }
   const step = plotWidth / lastDays.length;
   lastDays.forEach(({ day, row }, index) => {
@@ -157,7 +172,7 @@ function drawChart() {
   const best = sold.reduce((most, entry) => (!most || cents(entry.row.revenue) > cents(most.row.revenue) ? entry : most), null);
   $("chart-caption").textContent = `Revenue per day (USD), ${lastRange.from} to ${lastRange.to}`;
   $("chart-summary").textContent = best
-    ? `${sold.length} of ${lastDays.length} days had sales; the most was ${best.row.revenue} USD on ${best.day}. The table below has every day's figures.`
+    ? `${sold.length} of ${lastDays.length} days had sales; the most was ${money(cents(best.row.revenue))} USD on ${best.day}. The table below has every day's figures.`
     : `No sales on any of the ${lastDays.length} days.`;
 }
 
@@ -213,9 +228,9 @@ async function findCustomer() {
   const s = summary.data;
   $("found-name").textContent = customer.name;
   $("found-email").textContent = customer.email;
-  $("found-count").textContent = s.purchase_count.toLocaleString("en-US");
-  $("found-quantity").textContent = s.total_quantity.toLocaleString("en-US");
-  $("found-spent").textContent = `${s.total_spent} USD`;
+  showTotal("found-count", count(s.purchase_count));
+  showTotal("found-quantity", count(s.total_quantity));
+  showTotal("found-spent", money(cents(s.total_spent)), "USD");
   $("found-first").textContent = when(s.first_purchase_at);
   $("found-last").textContent = when(s.last_purchase_at);
   fillTable($("found-top"), s.top_items.map((top) => [top.item, top.quantity, top.spent]));
@@ -236,7 +251,7 @@ async function morePurchases() {
   for (const purchase of page.data.items) list.append(purchaseRow(purchase, when(purchase.purchased_at)));
   nextCursor = page.data.next_cursor;
   $("found-more").hidden = !nextCursor;
-  $("found-shown").textContent = `${list.children.length} of ${purchaseCount} shown`;
+  $("found-shown").textContent = `${count(list.children.length)} of ${count(purchaseCount)} shown`;
 }
 
 $("find-form").addEventListener("submit", (event) => {
