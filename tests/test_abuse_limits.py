@@ -98,12 +98,22 @@ def test_past_the_account_limit_a_login_gets_429_before_bcrypt_whether_or_not_th
 
     tim, nobody = answers["tim"], answers["nobody"]
     assert tim.headers["content-type"] == "application/problem+json"
-    body = {key: value for key, value in tim.json().items() if key != "request_id"}
-    assert body == {key: value for key, value in nobody.json().items() if key != "request_id"}
-    assert body["title"] == "Too Many Requests" and "Too many failed sign-ins" in body["detail"]
-    retry_after = int(tim.headers["retry-after"])
-    assert 1 <= retry_after <= 900 and f"in {retry_after} seconds" in body["detail"]
-    assert abs(int(nobody.headers["retry-after"]) - retry_after) <= 1
+
+    def seconds_apart(answer: Any) -> tuple[dict[str, Any], int]:
+        # The two answers are the same but for the request id, and the seconds left in the window,
+        # which a clock second may have ticked between (281 against 280 on a busy host).
+        body = {key: value for key, value in answer.json().items() if key != "request_id"}
+        seconds = int(answer.headers["retry-after"])
+        body["detail"] = body["detail"].replace(f"in {seconds} seconds", "in N seconds")
+        return body, seconds
+
+    (body, retry_after), (nobody_body, nobody_retry_after) = seconds_apart(tim), seconds_apart(nobody)
+    assert body == nobody_body and abs(retry_after - nobody_retry_after) <= 1
+    assert (
+        body["title"] == "Too Many Requests"
+        and body["detail"] == "Too many failed sign-ins; try again in N seconds."
+    )
+    assert 1 <= retry_after <= 900
     assert (
         counter(after, "login_throttled_total", "account")
         - counter(before, "login_throttled_total", "account")

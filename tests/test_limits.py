@@ -268,17 +268,20 @@ def test_a_full_pool_answers_503_within_its_wait_limit_sheds_past_its_queue_and_
     response, seconds = result["one"]
     assert_limit_problem(response, "DB_POOL_TIMEOUT_MS")
     assert wait_ms / 1000 * 0.9 < seconds < wait_ms / 1000 + MARGIN_SECONDS * 2
-    # Health and metrics never queue behind the database.
+    # Health and metrics never queue behind the database (queued, they would wait for the lock).
     for response, seconds in (result["health"], result["metrics_during"]):
         assert response.status_code == 200
-        assert seconds < wait_ms / 1000 / 2
-    # Three may wait (and get the pool's 503 when their wait is up); the rest are refused at once.
+        assert seconds < wait_ms / 1000
+    # Three may wait (and get the pool's 503 when their wait is up); the rest are refused at once:
+    # every one of them back before any waiter's wait was up. (A stall of a busy host delays both
+    # alike: a shed answer once took 0.68 s on a shared machine, the waiters still about 1 s.)
     waited = [(r, s) for r, s in result["crowd"] if "DB_POOL_TIMEOUT_MS" in r.text]
     shed = [(r, s) for r, s in result["crowd"] if "DB_POOL_MAX_WAITERS" in r.text]
     assert (len(waited), len(shed)) == (3, 5)
-    for response, seconds in shed:
+    for response, _ in shed:
         assert_limit_problem(response, "DB_POOL_MAX_WAITERS")
-        assert seconds < wait_ms / 1000 / 2
+    assert max(seconds for _, seconds in shed) < min(seconds for _, seconds in waited), result["crowd"]
+    assert min(seconds for _, seconds in waited) > wait_ms / 1000 * 0.9
     # The lock went away: the write that held the connection went through, and the pool is whole.
     assert result["held"].status_code == 201
     assert result["after"].status_code == 200
