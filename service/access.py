@@ -55,27 +55,24 @@ class Access:
         """Who may call, in words (the OpenAPI document's)."""
         if self.anonymous:
             return "anyone, with no credential"
-        if self.key_scope is None:
-            return "any signed-in user (member or staff), with their access token"
-        return f"a staff user, with their access token, or an API key with the {self.key_scope} scope"
+        users = "a staff user" if self.staff_only else "any signed-in user (member or staff)"
+        keys = f", or an API key with the {self.key_scope} scope" if self.key_scope else ""
+        return f"{users}, with their access token{keys}"
 
     @property
     def no_credential(self) -> str:
         """The 401's detail when no credential was sent."""
-        if self.key_scope is None:
+        if not self.staff_only:
             return "Sign in and send the access token as: Authorization: Bearer <token>."
-        return (
-            "Send a staff user's access token (Authorization: Bearer <token>) or an API key with the"
-            f" {self.key_scope} scope (X-API-Key)."
-        )
+        keys = f" or an API key with the {self.key_scope} scope (X-API-Key)" if self.key_scope else ""
+        return f"Send a staff user's access token (Authorization: Bearer <token>){keys}."
 
     def security(self) -> list[dict[str, list[str]]]:
         """The OpenAPI security requirement: the role or scope named in each scheme's list."""
         if self.anonymous:
             return []
-        if self.key_scope is None:
-            return [{"bearerAuth": []}]
-        return [{"bearerAuth": ["staff"]}, {"apiKeyAuth": [self.key_scope]}]
+        requirement = [{"bearerAuth": ["staff"] if self.staff_only else []}]
+        return requirement + ([{"apiKeyAuth": [self.key_scope]}] if self.key_scope else [])
 
 
 ANYONE = Access(anonymous=True)
@@ -201,8 +198,9 @@ async def _identify(request: Request, access: Access, key_checked_by_route: bool
 
 
 def _member_refused(access: Access, user: Caller) -> Problem:
+    keys = f" (or an API key with the {access.key_scope} scope)" if access.key_scope else ""
     return Problem(
         403,
-        f"{access.acting} needs a staff account (or an API key with the {access.key_scope} scope);"
-        f" {user.name} is a {user.role}. An administrator makes staff with: {SET_ROLE_COMMAND}.",
+        f"{access.acting} needs a staff account{keys}; {user.name} is a {user.role}."
+        f" An administrator makes staff with: {SET_ROLE_COMMAND}.",
     )

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.testclient import TestClient
 
 from service.__main__ import main
-from service.access import ANYONE, WHO_MAY_CALL, Access, NoAccessEntry
+from service.access import ANYONE, READ_REPORTS, SIGNED_IN, WHO_MAY_CALL, Access, NoAccessEntry
 from service.app import TemplatedRoute, create_app, route
 from service.config import Settings
 from service.responses import JSONResponse
@@ -242,3 +242,16 @@ def test_anyones_routes_ignore_a_dead_credential(client: TestClient) -> None:
     dead = {"Authorization": "Bearer not-a-token", "X-API-Key": "pfs_never-issued"}
     assert client.get("/posts", headers=dead).status_code == 200
     assert client.get("/health", headers=dead).status_code == 200
+
+
+def test_each_kind_of_requirement_says_itself_in_the_document_and_the_401() -> None:
+    staff_alone = Access(acting="Managing roles", staff_only=True)
+    assert staff_alone.who == "a staff user, with their access token"
+    assert staff_alone.security() == [{"bearerAuth": ["staff"]}]
+    assert staff_alone.no_credential == "Send a staff user's access token (Authorization: Bearer <token>)."
+    assert READ_REPORTS.security() == [{"bearerAuth": ["staff"]}, {"apiKeyAuth": ["reports:read"]}]
+    assert READ_REPORTS.no_credential == (
+        "Send a staff user's access token (Authorization: Bearer <token>) or an API key with the"
+        " reports:read scope (X-API-Key)."
+    )
+    assert SIGNED_IN.security() == [{"bearerAuth": []}] and ANYONE.security() == []
