@@ -43,7 +43,7 @@ H = TypeVar("H", bound=Handler)
 
 @dataclass(frozen=True)
 class Access:
-    """What a route needs. `acting` names the act in messages ("Reading reports")."""
+    """What a route needs. `acting` names the act in a member's 403 ("Reading sales reports")."""
 
     acting: str = ""
     anonymous: bool = False
@@ -76,7 +76,7 @@ class Access:
 
 
 ANYONE = Access(anonymous=True)
-SIGNED_IN = Access(acting="This route acts as a person: it")
+SIGNED_IN = Access()
 
 
 def staff_or(scope: str, acting: str) -> Access:
@@ -150,8 +150,9 @@ def checks_key_itself(handler: H) -> H:
     """Mark a route that checks an API key inside its own statement (one round trip on a hot write).
 
     It receives a `PresentedApiKey` (the key's hash and the scope needed) instead of a `Caller`, and
-    raises `auth.refusal` when its statement finds no live key with the scope. Whatever else it
-    answers (422, 409, 415), a key that is not live or lacks the scope gets 401 or 403 instead.
+    raises any Problem (`auth.key_not_live()`, say) when its statement finds no live key with the
+    scope. Whatever it answers then (422, 409, 415, 401), the key is looked up: one that is not
+    live gets 401, one without the scope 403.
     """
     handler.checks_key_itself = True  # type: ignore[attr-defined]
     return handler
@@ -190,7 +191,7 @@ async def _identify(request: Request, access: Access, key_checked_by_route: bool
     key_hash = presented_key_hash(request, key)
     if access.key_scope is None:
         await find_key_caller(database(request), key_hash)  # 401 for a key that is not live
-        raise Problem(403, f"{access.acting} takes a user's access token, not an API key.")
+        raise Problem(403, "This route acts as a person: it takes a user's access token, not an API key.")
     presented = PresentedApiKey(key_hash, access.key_scope)
     if key_checked_by_route:
         return presented

@@ -22,6 +22,7 @@ from service.login_throttle import LoginAttempt, client_address, count_attempt, 
 from service.openapi import documented
 from service.pagination import Page, PageQuery, page_of
 from service.responses import JSONResponse, no_content
+from service.tables import ROLES
 from service.timestamps import from_database, utc_now
 from service.tokens import issue_access_token
 from service.validation import (
@@ -111,7 +112,7 @@ class UserOut(Schema):
     email = fields.String(required=True)
     role = fields.String(
         required=True,
-        validate=validate.OneOf(["member", "staff"]),
+        validate=validate.OneOf(ROLES),
         metadata={
             "description": "member: the social feed and the account itself. staff: also the purchase"
             " ledger (set only from the command line: python -m service user set-role)."

@@ -42,7 +42,8 @@ class PresentedApiKey:
     """An X-API-Key not looked up yet, and the scope the route needs (see access.checks_key_itself).
 
     The route checks both inside its own statement - one round trip instead of two on the hottest
-    write - and, when that statement finds no live key with the scope, raises `refusal` of it.
+    write - and raises `key_not_live()` when that statement finds no live key with the scope (the
+    guard then answers 403 instead, if the key is live but lacks the scope).
     """
 
     key_hash: str
@@ -108,15 +109,6 @@ async def check_api_key(db: Database, presented: PresentedApiKey) -> Caller:
     if presented.scope not in caller.scopes:
         raise key_lacks_scope(caller, presented.scope)
     return caller
-
-
-async def refusal(db: Database, presented: PresentedApiKey) -> Problem:
-    """Why a statement that checked `presented` itself found no key: 401 (not live) or 403 (scope)."""
-    try:
-        await check_api_key(db, presented)
-    except Problem as problem:
-        return problem
-    return key_not_live()  # it has the scope now: it was made or changed in between
 
 
 async def user_caller(request: Request) -> Caller | None:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.access import checks_key_itself
-from service.auth import Caller, PresentedApiKey, check_api_key, database, refusal
+from service.auth import Caller, PresentedApiKey, check_api_key, database, key_not_live
 from service.customers import CustomerOut, customer_json, require_customer
 from service.db import Database
 from service.errors import Problem
@@ -137,8 +137,8 @@ async def record_purchase(
 ) -> dict[str, Any]:
     """Upsert the customer by email and append the purchase, atomically; the stored row plus `revision`.
 
-    A presented API key is checked in the same step, for being live and for its scope: 401 or 403
-    if it fails, and nothing is written.
+    A presented API key is checked in the same step, for being live and for its scope: when it
+    fails nothing is written, and the route answers 401 or 403 (see access.checks_key_itself).
     """
     now = utc_now()
     customer = {"email": purchase["customer"]["email"], "name": purchase["customer"]["name"], "now": now}
@@ -154,8 +154,7 @@ async def record_purchase(
         # PostgreSQL: the key check, the upsert and the insert reach the server as one statement.
         row = await db.fetch_one(db.sql.record_purchase, {**customer, **values, **key})
         if row is None:
-            assert isinstance(caller, PresentedApiKey)
-            raise await refusal(db, caller)
+            raise key_not_live()  # or 403, if the key is live but lacks the scope: access.guarded
         return dict(row)
     # SQLite: the upsert and the insert each check the key, in one hop to the connection's thread.
     upserted_rows, inserted_rows = await db.fetch_all_atomically(
@@ -165,8 +164,7 @@ async def record_purchase(
         ]
     )
     if not inserted_rows:
-        assert isinstance(caller, PresentedApiKey)
-        raise await refusal(db, caller)
+        raise key_not_live()
     [upserted], [inserted] = upserted_rows, inserted_rows
     values["captured_by"] = inserted["captured_by"]
     return {

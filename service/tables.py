@@ -121,6 +121,14 @@ users = Table(
     # from the command line; every account starts, and every account made before 0004 is, a member.
     Column("role", String(16), nullable=False, server_default=text("'member'")),
 )
+# The few staff, so that start-up's "is anyone staff?" is one index probe, not a scan of every user
+# (65 ms a worker at a million users). Members are not in it: their writes never touch it.
+Index(
+    "ix_users_staff",
+    users.c.id,
+    postgresql_where=text("role = 'staff'"),
+    sqlite_where=text("role = 'staff'"),
+)
 
 sessions = Table(
     "sessions",

@@ -358,6 +358,14 @@ def on_database(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
         return thread.submit(asyncio.run, run()).result()
 
 
+def api_key_row(n: int, **changes: Any) -> dict[str, Any]:
+    """An api_keys row for a test that needs some write to make: named k<n>, its hash made of n."""
+    from service.timestamps import utc_now
+
+    row = {"name": f"k{n}", "key_hash": f"{n:064d}", "key_prefix": "p", "scopes": "reports:read"}
+    return {**row, "created_at": utc_now(), **changes}
+
+
 def make_api_key(settings: Settings, name: str = "tests", scopes: Iterable[str] = SCOPES) -> str:
     """A live API key on the test's database, made as `python -m service apikey create` makes one."""
     from service.apikeys import create_api_key

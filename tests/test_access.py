@@ -6,6 +6,7 @@ API keys of each scope exactly as its entry says, and a route without an entry h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -255,3 +256,17 @@ def test_each_kind_of_requirement_says_itself_in_the_document_and_the_401() -> N
         " reports:read scope (X-API-Key)."
     )
     assert SIGNED_IN.security() == [{"bearerAuth": []}] and ANYONE.security() == []
+
+
+def test_the_start_up_staff_check_reads_only_the_staff_index(sqlite_settings: Settings) -> None:
+    # Not a scan of every user (80 ms at a million users on SQLite, 65 ms on PostgreSQL, per worker).
+    import sqlite3
+
+    from service.migrations.schema import prepare_schema
+    from service.queries import load_queries
+
+    prepare_schema(sqlite_settings.schema_database_url)
+    find_staff = load_queries("sqlite").find_staff
+    with contextlib.closing(sqlite3.connect(sqlite_settings.database_url.split(":///", 1)[1])) as conn:
+        plan = " ".join(str(row) for row in conn.execute(f"EXPLAIN QUERY PLAN {find_staff.sql}"))
+    assert "USING INDEX ix_users_staff" in plan, plan

@@ -24,6 +24,7 @@ from service.queries import load_queries, parse_statements, sql_directory
 from service.sqlite_backend import AUTOCHECKPOINT_BACKSTOP_PAGES, CACHE_KIB, CHECKPOINT_INTERVAL_SECONDS
 from service.tables import metadata
 from service.timestamps import utc_now
+from tests.conftest import api_key_row
 
 
 def test_every_foreign_key_has_an_index() -> None:
@@ -199,16 +200,7 @@ def test_concurrent_transactions_all_commit(settings: Settings) -> None:
 
         async def one(n: int) -> None:
             async with db.transaction():
-                await db.execute(
-                    db.sql.create_api_key,
-                    {
-                        "name": f"k{n}",
-                        "key_hash": f"{n:064d}",
-                        "key_prefix": "p",
-                        "scopes": "reports:read",
-                        "created_at": utc_now(),
-                    },
-                )
+                await db.execute(db.sql.create_api_key, api_key_row(n))
                 await asyncio.sleep(0)  # hand the loop to the others mid-transaction
 
         try:
@@ -225,13 +217,7 @@ def test_a_failed_transaction_leaves_nothing_behind(settings: Settings) -> None:
         prepare_schema(settings.schema_database_url)
         db = open_database(settings)
         await db.connect()
-        row = {
-            "name": "a",
-            "key_hash": "h" * 64,
-            "key_prefix": "p",
-            "scopes": "reports:read",
-            "created_at": utc_now(),
-        }
+        row = api_key_row(0, name="a")
         try:
             with pytest.raises(Exception):  # noqa: B017 - either driver's unique violation
                 async with db.transaction():
@@ -290,13 +276,7 @@ def test_statements_run_atomically_commit_together_or_not_at_all(settings: Setti
         prepare_schema(settings.schema_database_url)
         db = open_database(settings)
         await db.connect()
-        row = {
-            "name": "a",
-            "key_hash": "h" * 64,
-            "key_prefix": "p",
-            "scopes": "reports:read",
-            "created_at": utc_now(),
-        }
+        row = api_key_row(0, name="a")
         try:
             done = await db.fetch_all_atomically(
                 [
@@ -339,14 +319,7 @@ def test_writers_readers_and_transactions_at_once_never_deadlock(settings: Setti
         counter = iter(range(10_000))
 
         def key_row() -> dict[str, Any]:
-            n = next(counter)
-            return {
-                "name": f"k{n}",
-                "key_hash": f"{n:064d}",
-                "key_prefix": "p",
-                "scopes": "reports:read",
-                "created_at": utc_now(),
-            }
+            return api_key_row(next(counter))
 
         async def single_writer() -> None:
             await db.fetch_all_atomically([(db.sql.create_api_key, key_row())])

@@ -23,7 +23,7 @@ from service.db import Database, open_database
 from service.limits import OVERLOADED, POOL_TIMEOUT, LimitReached
 from service.migrations.schema import prepare_schema
 from service.queries import Queries, Statement, load_queries
-from service.timestamps import utc_now
+from tests.conftest import api_key_row
 
 COUNT_UP = (
     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :upto)"
@@ -48,16 +48,6 @@ async def connected(settings: Settings, queries: Queries | None = None) -> Async
         yield db
     finally:
         await db.disconnect()
-
-
-def key_row(n: int) -> dict[str, Any]:
-    return {
-        "name": f"k{n}",
-        "key_hash": f"{n:064d}",
-        "key_prefix": "p",
-        "scopes": "reports:read",
-        "created_at": utc_now(),
-    }
 
 
 def test_the_default_sqlite_pool_is_one_read_lane_beside_the_writers_connection(
@@ -99,7 +89,7 @@ def test_a_write_never_queues_behind_reads_nor_a_read_behind_a_write_transaction
             queued = [asyncio.create_task(db.fetch_all(db.sql.list_api_keys, {})) for _ in range(10)]
             await asyncio.sleep(0.02)
             started = time.perf_counter()
-            await db.fetch_one(db.sql.create_api_key, key_row(1))
+            await db.fetch_one(db.sql.create_api_key, api_key_row(1))
             write_seconds = time.perf_counter() - started
             slow_still_running = not slow[0].done()
             await asyncio.gather(*slow, *queued)
@@ -109,7 +99,7 @@ def test_a_write_never_queues_behind_reads_nor_a_read_behind_a_write_transaction
 
             async def open_transaction() -> None:
                 async with db.transaction():
-                    await db.fetch_one(db.sql.create_api_key, key_row(2))
+                    await db.fetch_one(db.sql.create_api_key, api_key_row(2))
                     inserted.set()
                     await committed.wait()
 

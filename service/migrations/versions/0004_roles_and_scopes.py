@@ -2,7 +2,8 @@
 
 Revision 0004, after 0003. Two NOT NULL columns with a constant default: on PostgreSQL (11 and
 later) a change to the catalogue only (a brief ACCESS EXCLUSIVE lock, no table rewrite, existing
-rows read the default); on SQLite an in-place ADD COLUMN. What existing rows get:
+rows read the default); on SQLite an in-place ADD COLUMN. Then a partial index of the staff, built
+CONCURRENTLY on PostgreSQL (writes go on while it reads the users table). What existing rows get:
 
 - every user is a `member`: before this revision every account could read and write the purchase
   ledger, and anyone can register one, so no account keeps that right by default. Staff are made
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+from service.migrations import outside_transaction
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -44,11 +47,23 @@ def upgrade() -> None:
         batch_op.add_column(
             sa.Column("role", sa.String(length=16), server_default=sa.text("'member'"), nullable=False)
         )
+    # Built without blocking sign-ups (it reads every user once, and holds only the staff).
+    with outside_transaction():
+        op.create_index(
+            "ix_users_staff",
+            "users",
+            ["id"],
+            unique=False,
+            postgresql_where=sa.text("role = 'staff'"),
+            sqlite_where=sa.text("role = 'staff'"),
+            postgresql_concurrently=True,
+        )
 
 
 def downgrade() -> None:
     # Forgets who is staff and what each key was limited to; the release before 0004 ignores both.
     # SQLite rebuilds each table to drop a column (batch mode); rows and indexes are copied.
+    op.drop_index("ix_users_staff", table_name="users")
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_column("role")
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
