@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import (
@@ -16,9 +17,13 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
     text,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.types import TypeEngine
+
+from service.queries import load_queries
 
 metadata = MetaData()
 
@@ -201,6 +206,39 @@ follows = Table(
 Index("ix_follows_followee", follows.c.followee_id, follows.c.created_at, follows.c.follower_id)
 Index("ix_follows_follower", follows.c.follower_id, follows.c.created_at, follows.c.followee_id)
 
+# Kept counts (revision 0005): what a post or a user shows is read from these rows, never counted from
+# the likes, reposts, comments, posts and follows on every read. The database keeps them itself, by
+# triggers on those tables (sql/counters.<dialect>.sql, made with the tables, see service.counters),
+# so every writer moves them in its own transaction: this release, the release before it during a
+# rolling deploy, a cascade from a deleted post or user, and anyone at a psql prompt.
+#
+# A count is spread over COUNTER_SHARDS rows (the shard is a column of the row that was counted,
+# the liker's id, say, modulo COUNTER_SHARDS) and summed when read: thirty-two people liking one
+# post at once then queue on sixteen row locks, not on one (measured on PostgreSQL 15, one post,
+# 32 connections liking and unliking: 2,000 writes/s on one row, 5,500-6,700 on sixteen, 10,000
+# with no count kept at all).
+COUNTER_SHARDS = 16
+
+post_counts = Table(
+    "post_counts",
+    metadata,
+    Column("post_id", Id, ForeignKey("posts.id", ondelete="CASCADE"), primary_key=True),
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("like_count", Integer, nullable=False, server_default=text("0")),
+    Column("repost_count", Integer, nullable=False, server_default=text("0")),
+    Column("comment_count", Integer, nullable=False, server_default=text("0")),
+)
+
+user_counts = Table(
+    "user_counts",
+    metadata,
+    Column("user_id", Id, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("post_count", Integer, nullable=False, server_default=text("0")),
+    Column("follower_count", Integer, nullable=False, server_default=text("0")),
+    Column("following_count", Integer, nullable=False, server_default=text("0")),
+)
+
 login_failures = Table(
     "login_failures",
     metadata,
@@ -213,3 +251,38 @@ login_failures = Table(
 )
 # Housekeeping forgets windows that have ended.
 Index("ix_login_failures_window_ends", login_failures.c.window_ends_at)
+
+
+def counting_triggers(dialect: str) -> list[str]:
+    """The DDL of the triggers that keep post_counts and user_counts, in the order it runs."""
+    return [statement.source for statement in load_queries(dialect) if statement.name.startswith("ddl_")]
+
+
+def counting_trigger_tables(dialect: str) -> dict[str, str]:
+    """Each counting trigger's name, and the table it is on (for the drift check and downgrades)."""
+    made = re.compile(r"CREATE TRIGGER (\w+) (?:AFTER|BEFORE) [A-Z ]+ ON (\w+)")
+    return {match[1]: match[2] for ddl in counting_triggers(dialect) for match in made.finditer(ddl)}
+
+
+def counting_functions(dialect: str) -> list[str]:
+    """The trigger functions PostgreSQL needs (SQLite's triggers carry their own bodies)."""
+    made = re.compile(r"CREATE OR REPLACE FUNCTION (\w+)\(")
+    return [match.group(1) for ddl in counting_triggers(dialect) for match in made.finditer(ddl)]
+
+
+def create_counting_triggers(connection: Connection) -> None:
+    """Make the counting triggers, or make them again (an interrupted migration runs twice)."""
+    dialect = connection.dialect.name
+    drop_counting_triggers(connection)
+    for ddl in counting_triggers(dialect):
+        connection.execute(text(ddl))
+
+
+def drop_counting_triggers(connection: Connection) -> None:
+    on_table = connection.dialect.name == "postgresql"  # PostgreSQL names a trigger within its table
+    for name, table in counting_trigger_tables(connection.dialect.name).items():
+        connection.execute(text(f"DROP TRIGGER IF EXISTS {name}" + (f" ON {table}" if on_table else "")))
+
+
+# Whatever builds the schema from this metadata builds the triggers with it.
+event.listen(metadata, "after_create", lambda target, connection, **kw: create_counting_triggers(connection))

@@ -5,22 +5,23 @@ VALUES (:author_id, :content, :now)
 RETURNING id, content, created_at
 
 -- name: get_post
--- One post with its author and counts.
+-- One post with its author and counts. Every count here and below is read from the kept counts
+-- (post_counts, user_counts: at most 16 rows of an index each), never counted from the rows.
 SELECT p.id, u.username AS author, p.content, p.created_at, p.edited_at,
-       (SELECT count(*) FROM likes l WHERE l.post_id = p.id) AS like_count,
-       (SELECT count(*) FROM reposts r WHERE r.post_id = p.id) AS repost_count,
-       (SELECT count(*) FROM comments c WHERE c.post_id = p.id) AS comment_count
+       (SELECT coalesce(sum(k.like_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS like_count,
+       (SELECT coalesce(sum(k.repost_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS repost_count,
+       (SELECT coalesce(sum(k.comment_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS comment_count
 FROM posts p
 JOIN users u ON u.id = p.author_id
 WHERE p.id = :id
 
 -- name: list_posts
 -- A page of all posts, newest first, each with its author and counts, in one statement: the
--- page is read from ix_posts_created, and each count from its own index for those rows only.
+-- page is read from ix_posts_created, and the counts of those posts only.
 SELECT p.id, u.username AS author, p.content, p.created_at, p.edited_at,
-       (SELECT count(*) FROM likes l WHERE l.post_id = p.id) AS like_count,
-       (SELECT count(*) FROM reposts r WHERE r.post_id = p.id) AS repost_count,
-       (SELECT count(*) FROM comments c WHERE c.post_id = p.id) AS comment_count
+       (SELECT coalesce(sum(k.like_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS like_count,
+       (SELECT coalesce(sum(k.repost_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS repost_count,
+       (SELECT coalesce(sum(k.comment_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS comment_count
 FROM posts p
 JOIN users u ON u.id = p.author_id
 WHERE (p.created_at, p.id) < (:before_at, :before_id)
@@ -30,9 +31,9 @@ LIMIT :limit
 -- name: list_posts_of_user
 -- A page of one user's posts, newest first, with counts (ix_posts_author).
 SELECT p.id, u.username AS author, p.content, p.created_at, p.edited_at,
-       (SELECT count(*) FROM likes l WHERE l.post_id = p.id) AS like_count,
-       (SELECT count(*) FROM reposts r WHERE r.post_id = p.id) AS repost_count,
-       (SELECT count(*) FROM comments c WHERE c.post_id = p.id) AS comment_count
+       (SELECT coalesce(sum(k.like_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS like_count,
+       (SELECT coalesce(sum(k.repost_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS repost_count,
+       (SELECT coalesce(sum(k.comment_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS comment_count
 FROM users u
 JOIN posts p ON p.author_id = u.id
 WHERE u.username = :username
@@ -44,9 +45,9 @@ LIMIT :limit
 -- A page of the user's timeline: their own posts and those of everyone they follow, newest
 -- first, with counts.
 SELECT p.id, u.username AS author, p.content, p.created_at, p.edited_at,
-       (SELECT count(*) FROM likes l WHERE l.post_id = p.id) AS like_count,
-       (SELECT count(*) FROM reposts r WHERE r.post_id = p.id) AS repost_count,
-       (SELECT count(*) FROM comments c WHERE c.post_id = p.id) AS comment_count
+       (SELECT coalesce(sum(k.like_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS like_count,
+       (SELECT coalesce(sum(k.repost_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS repost_count,
+       (SELECT coalesce(sum(k.comment_count), 0) FROM post_counts k WHERE k.post_id = p.id) AS comment_count
 FROM posts p
 JOIN users u ON u.id = p.author_id
 WHERE (p.author_id = :user_id
@@ -140,9 +141,9 @@ WHERE username = :username
 -- name: user_profile
 -- A user's public profile with post, follower and following counts, in one statement.
 SELECT u.id, u.username, u.created_at,
-       (SELECT count(*) FROM posts p WHERE p.author_id = u.id) AS post_count,
-       (SELECT count(*) FROM follows f WHERE f.followee_id = u.id) AS follower_count,
-       (SELECT count(*) FROM follows f WHERE f.follower_id = u.id) AS following_count
+       (SELECT coalesce(sum(k.post_count), 0) FROM user_counts k WHERE k.user_id = u.id) AS post_count,
+       (SELECT coalesce(sum(k.follower_count), 0) FROM user_counts k WHERE k.user_id = u.id) AS follower_count,
+       (SELECT coalesce(sum(k.following_count), 0) FROM user_counts k WHERE k.user_id = u.id) AS following_count
 FROM users u
 WHERE u.username = :username
 

@@ -30,6 +30,7 @@ from starlette.testclient import TestClient
 from service.apikeys import hash_key
 from service.app import create_app
 from service.config import MigrationPolicy, Settings
+from service.counters import fill_counts
 from service.migrations.schema import (
     SchemaRefused,
     differences,
@@ -56,6 +57,7 @@ from tests.conftest import (
     table_counts,
     wait_until_answering,
 )
+from tests.test_counts import connect, count_errors, run_sql
 
 V1_SCHEMA = Path(__file__).resolve().parent / "schema_v1"
 HEAD = head_revision()
@@ -102,8 +104,10 @@ class BeforeMigrations:
 
 
 def rows_in(url: str) -> dict[str, int]:
-    """The tables holding rows, and how many: a revision's new, empty tables are no change to them."""
-    return {name: count for name, count in table_counts(url).items() if count}
+    """The tables holding rows, and how many: a revision's new, empty tables are no change to them,
+    nor are the kept counts (revision 0005), which are filled from the rest (and tested for it)."""
+    derived = {"post_counts", "user_counts"}
+    return {name: count for name, count in table_counts(url).items() if count and name not in derived}
 
 
 def build_database_before_migrations(url: str) -> BeforeMigrations:
@@ -325,6 +329,137 @@ def test_upgrading_to_roles_makes_every_user_a_member_and_keeps_every_keys_scope
     assert [line.split("\t")[2] for line in listed.stdout.splitlines()] == [
         "purchases:write purchases:read reports:read"
     ] * 2
+
+
+def add_social_rows(url: str, users: int, posts: int, seed: int) -> None:
+    """Users, posts, likes, reposts, comments and follows written as any release would write them:
+    plain INSERTs (the release before 0005 knew nothing of counts)."""
+    import random
+
+    chance = random.Random(seed)
+    dialect = "sqlite" if url.startswith("sqlite") else "postgresql"
+    now = to_text(datetime.now(UTC)) if dialect == "sqlite" else datetime.now(UTC)
+    with engine_for(url) as engine, engine.begin() as conn:
+        first_user = conn.execute(text("SELECT coalesce(max(id), 0) + 1 FROM users")).scalar_one()
+        people = list(range(first_user, first_user + users))
+        conn.execute(
+            text("INSERT INTO users (username, email, password_hash, created_at) VALUES (:u, :e, :h, :t)"),
+            [{"u": f"user{n}", "e": f"user{n}@example.com", "h": "x" * 60, "t": now} for n in people],
+        )
+        for _ in range(posts):
+            post_id = conn.execute(
+                text("INSERT INTO posts (author_id, content, created_at) VALUES (:a, 'p', :t) RETURNING id"),
+                {"a": chance.choice(people), "t": now},
+            ).scalar_one()
+            fans = chance.sample(people, chance.randint(0, users // 2))
+            for table, reacting in (("likes", fans), ("reposts", fans[: len(fans) // 2])):
+                if reacting:
+                    conn.execute(
+                        text(f"INSERT INTO {table} (user_id, post_id, created_at) VALUES (:u, :p, :t)"),
+                        [{"u": fan, "p": post_id, "t": now} for fan in reacting],
+                    )
+            for _ in range(chance.randint(0, 3)):
+                conn.execute(
+                    text(
+                        "INSERT INTO comments (post_id, author_id, body, created_at) VALUES (:p, :a, 'c', :t)"
+                    ),
+                    {"p": post_id, "a": chance.choice(people), "t": now},
+                )
+        pairs = {tuple(chance.sample(people, 2)) for _ in range(users * 3)}
+        conn.execute(
+            text("INSERT INTO follows (follower_id, followee_id, created_at) VALUES (:a, :b, :t)"),
+            [{"a": a, "b": b, "t": now} for a, b in pairs],
+        )
+
+
+def test_upgrading_to_kept_counts_fills_them_and_counts_what_the_old_release_writes_after(
+    fresh_database_url: str,
+) -> None:
+    url = fresh_database_url
+    old = build_database_before_migrations(url)
+    assert run_cli(url, "db", "upgrade", "0004").returncode == 0
+    add_social_rows(url, users=30, posts=80, seed=5)
+
+    upgraded = run_cli(url, "db", "upgrade")
+    assert upgraded.returncode == 0 and "kept counts filled" in upgraded.stderr, upgraded.stderr
+    assert count_errors(url) == []
+    # The release before, still serving in a rolling deploy, writes as it always did: its rows
+    # are counted by the triggers all the same, a cascading delete of a post included.
+    with engine_for(url) as engine, engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO likes (user_id, post_id, created_at)"
+                " SELECT id, 1, created_at FROM users WHERE true ON CONFLICT DO NOTHING"
+            )
+        )
+        conn.execute(text("DELETE FROM follows WHERE follower_id = 3"))
+        conn.execute(text("DELETE FROM posts WHERE id IN (2, 5, 8)"))
+    assert count_errors(url) == []
+    with TestClient(create_app(settings_for(url)), raise_server_exceptions=False) as api:
+        users = table_counts(url)["users"]
+        assert api.get(f"/posts/{old.tim_post_id}").json()["like_count"] == users
+        profile = api.get("/users/user3")
+        assert profile.json()["following_count"] == 0, profile.text
+
+
+def test_the_fill_is_exact_while_writers_write_and_when_run_again(fresh_database_url: str) -> None:
+    import random
+
+    url = fresh_database_url
+    prepare_schema(url)
+    add_social_rows(url, users=40, posts=120, seed=9)
+    run_sql(url, "DELETE FROM post_counts", "DELETE FROM user_counts")  # as before revision 0005
+    assert count_errors(url) != []
+
+    stop = threading.Event()
+    written = []
+
+    def write_as_users_do(seed: int) -> None:
+        chance = random.Random(seed)
+        with connect(url) as conn:
+            mark = "?" if url.startswith("sqlite") else "%s"
+            while not stop.is_set():
+                user_id, post_id = chance.randint(1, 40), chance.randint(1, 120)
+                table = chance.choice(["likes", "reposts"])
+                if chance.random() < 0.5:
+                    conn.execute(
+                        f"INSERT INTO {table} (user_id, post_id, created_at) SELECT {mark}, id, created_at"
+                        f" FROM posts WHERE id = {mark} ON CONFLICT DO NOTHING",
+                        (user_id, post_id),
+                    )
+                else:
+                    conn.execute(
+                        f"DELETE FROM {table} WHERE user_id = {mark} AND post_id = {mark}", (user_id, post_id)
+                    )
+                conn.execute(f"DELETE FROM follows WHERE follower_id = {mark}", (user_id,))
+                written.append(1)
+
+    writers = [threading.Thread(target=write_as_users_do, args=(seed,)) for seed in range(4)]
+    for writer in writers:
+        writer.start()
+    try:
+        with schema_connection(url) as conn:
+            if not url.startswith("sqlite"):
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            time.sleep(0.2)
+            said = fill_counts(conn, ids_per_range=2)
+            conn.commit()
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    assert len(written) > 20 and "ranges" in said
+    assert count_errors(url) == []
+
+    # Stopped part way (here: half the counts lost), it is run again and is exact again.
+    run_sql(url, "DELETE FROM post_counts WHERE post_id % 2 = 0", "UPDATE user_counts SET post_count = 7")
+    with schema_connection(url) as conn:
+        if not url.startswith("sqlite"):
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        fill_counts(conn, ids_per_range=7)
+        conn.commit()
+    assert count_errors(url) == []
 
 
 def settings_for(url: str, **changes: Any) -> Settings:

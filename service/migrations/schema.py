@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from service.config import MigrationPolicy
 from service.sqlite_backend import sqlite_path
-from service.tables import metadata
+from service.tables import counting_trigger_tables, metadata
 
 log = logging.getLogger("service.migrations")
 
@@ -136,7 +136,32 @@ def read_state(connection: Connection) -> SchemaState:
 def differences(connection: Connection) -> list[str]:
     """How the live schema differs from the metadata, one `table.column: what differs` a line."""
     context = MigrationContext.configure(connection, opts=COMPARE_OPTIONS)
-    return [describe(diff) for diff in _flatten(compare_metadata(context, metadata))]
+    found = [describe(diff) for diff in _flatten(compare_metadata(context, metadata))]
+    return found + trigger_differences(connection)
+
+
+def trigger_differences(connection: Connection) -> list[str]:
+    """The counting triggers (which Alembic's comparison does not see) the database lacks or adds."""
+    expected = counting_trigger_tables(connection.dialect.name)
+    if connection.dialect.name == "sqlite":
+        query = "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'"
+    else:
+        query = (
+            "SELECT t.tgname, c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE NOT t.tgisinternal AND c.relnamespace = current_schema()::regnamespace"
+        )
+    present = {name: table for name, table in connection.exec_driver_sql(query) if table in metadata.tables}
+    missing = [
+        f"{table}.{name}: trigger missing from the database"
+        for name, table in expected.items()
+        if present.get(name) != table
+    ]
+    extra = [
+        f"{table}.{name}: trigger in the database but not in the code"
+        for name, table in present.items()
+        if name not in expected
+    ]
+    return missing + extra
 
 
 def _flatten(diffs: list[Any]) -> Iterator[tuple[Any, ...]]:

@@ -1,0 +1,48 @@
+-- Filling the kept counts from the rows already there (revision 0005, `seed`): one range of ids
+-- at a time, each replacing whatever the range held. service.counters runs them; 16 is
+-- tables.COUNTER_SHARDS, and a row lands in the shard its trigger would have picked.
+
+-- name: highest_ids
+-- Where the ranges end.
+SELECT coalesce((SELECT max(id) FROM posts), 0) AS post_id,
+       coalesce((SELECT max(id) FROM users), 0) AS user_id
+
+-- name: clear_post_counts
+DELETE FROM post_counts
+WHERE post_id >= :first AND post_id < :end
+
+-- name: fill_post_counts
+-- The likes, reposts and comments of the posts in the range, each by its index on post_id.
+INSERT INTO post_counts (post_id, shard, like_count, repost_count, comment_count)
+SELECT post_id, shard, sum(liked), sum(reposted), sum(commented)
+FROM (
+    SELECT post_id, user_id % 16 AS shard, 1 AS liked, 0 AS reposted, 0 AS commented
+    FROM likes WHERE post_id >= :first AND post_id < :end
+    UNION ALL
+    SELECT post_id, user_id % 16, 0, 1, 0
+    FROM reposts WHERE post_id >= :first AND post_id < :end
+    UNION ALL
+    SELECT post_id, id % 16, 0, 0, 1
+    FROM comments WHERE post_id >= :first AND post_id < :end
+) AS counted
+GROUP BY post_id, shard
+
+-- name: clear_user_counts
+DELETE FROM user_counts
+WHERE user_id >= :first AND user_id < :end
+
+-- name: fill_user_counts
+-- The posts, followers and followed of the users in the range, each by its own index.
+INSERT INTO user_counts (user_id, shard, post_count, follower_count, following_count)
+SELECT user_id, shard, sum(posted), sum(followed_by), sum(following)
+FROM (
+    SELECT author_id AS user_id, id % 16 AS shard, 1 AS posted, 0 AS followed_by, 0 AS following
+    FROM posts WHERE author_id >= :first AND author_id < :end
+    UNION ALL
+    SELECT followee_id, follower_id % 16, 0, 1, 0
+    FROM follows WHERE followee_id >= :first AND followee_id < :end
+    UNION ALL
+    SELECT follower_id, followee_id % 16, 0, 0, 1
+    FROM follows WHERE follower_id >= :first AND follower_id < :end
+) AS counted
+GROUP BY user_id, shard

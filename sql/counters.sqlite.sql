@@ -1,0 +1,78 @@
+-- The triggers that keep post_counts and user_counts (service.tables says why), as
+-- counters.postgresql.sql keeps them there: an increment is an upsert, a decrement an UPDATE of
+-- the row its increment made, and a row fires them only when it was really inserted or deleted.
+-- A post's or user's own counts go before it does, so the cascade that follows finds nothing to
+-- update. 16 is tables.COUNTER_SHARDS. Making them again replaces them
+-- (tables.create_counting_triggers drops each trigger first).
+
+-- name: ddl_likes_counted
+CREATE TRIGGER likes_counted AFTER INSERT ON likes BEGIN
+    INSERT INTO post_counts (post_id, shard, like_count) VALUES (NEW.post_id, NEW.user_id % 16, 1)
+    ON CONFLICT (post_id, shard) DO UPDATE SET like_count = like_count + 1;
+END
+
+-- name: ddl_likes_uncounted
+CREATE TRIGGER likes_uncounted AFTER DELETE ON likes BEGIN
+    UPDATE post_counts SET like_count = like_count - 1
+    WHERE post_id = OLD.post_id AND shard = OLD.user_id % 16;
+END
+
+-- name: ddl_reposts_counted
+CREATE TRIGGER reposts_counted AFTER INSERT ON reposts BEGIN
+    INSERT INTO post_counts (post_id, shard, repost_count) VALUES (NEW.post_id, NEW.user_id % 16, 1)
+    ON CONFLICT (post_id, shard) DO UPDATE SET repost_count = repost_count + 1;
+END
+
+-- name: ddl_reposts_uncounted
+CREATE TRIGGER reposts_uncounted AFTER DELETE ON reposts BEGIN
+    UPDATE post_counts SET repost_count = repost_count - 1
+    WHERE post_id = OLD.post_id AND shard = OLD.user_id % 16;
+END
+
+-- name: ddl_comments_counted
+CREATE TRIGGER comments_counted AFTER INSERT ON comments BEGIN
+    INSERT INTO post_counts (post_id, shard, comment_count) VALUES (NEW.post_id, NEW.id % 16, 1)
+    ON CONFLICT (post_id, shard) DO UPDATE SET comment_count = comment_count + 1;
+END
+
+-- name: ddl_comments_uncounted
+CREATE TRIGGER comments_uncounted AFTER DELETE ON comments BEGIN
+    UPDATE post_counts SET comment_count = comment_count - 1
+    WHERE post_id = OLD.post_id AND shard = OLD.id % 16;
+END
+
+-- name: ddl_posts_counted
+CREATE TRIGGER posts_counted AFTER INSERT ON posts BEGIN
+    INSERT INTO user_counts (user_id, shard, post_count) VALUES (NEW.author_id, NEW.id % 16, 1)
+    ON CONFLICT (user_id, shard) DO UPDATE SET post_count = post_count + 1;
+END
+
+-- name: ddl_posts_uncounted
+CREATE TRIGGER posts_uncounted BEFORE DELETE ON posts BEGIN
+    DELETE FROM post_counts WHERE post_id = OLD.id;
+    UPDATE user_counts SET post_count = post_count - 1
+    WHERE user_id = OLD.author_id AND shard = OLD.id % 16;
+END
+
+-- name: ddl_follows_counted
+CREATE TRIGGER follows_counted AFTER INSERT ON follows BEGIN
+    INSERT INTO user_counts (user_id, shard, follower_count)
+    VALUES (NEW.followee_id, NEW.follower_id % 16, 1)
+    ON CONFLICT (user_id, shard) DO UPDATE SET follower_count = follower_count + 1;
+    INSERT INTO user_counts (user_id, shard, following_count)
+    VALUES (NEW.follower_id, NEW.followee_id % 16, 1)
+    ON CONFLICT (user_id, shard) DO UPDATE SET following_count = following_count + 1;
+END
+
+-- name: ddl_follows_uncounted
+CREATE TRIGGER follows_uncounted AFTER DELETE ON follows BEGIN
+    UPDATE user_counts SET follower_count = follower_count - 1
+    WHERE user_id = OLD.followee_id AND shard = OLD.follower_id % 16;
+    UPDATE user_counts SET following_count = following_count - 1
+    WHERE user_id = OLD.follower_id AND shard = OLD.followee_id % 16;
+END
+
+-- name: ddl_users_uncounted
+CREATE TRIGGER users_uncounted BEFORE DELETE ON users BEGIN
+    DELETE FROM user_counts WHERE user_id = OLD.id;
+END
