@@ -310,6 +310,21 @@ def live_service(database_url: str) -> Callable[..., Iterator[str]]:
     return start
 
 
+@contextmanager
+def table_connection(database_url: str) -> Iterator[Any]:
+    """A plain DB-API connection to the test's database (autocommit), outside the service."""
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        conn = sqlite3.connect(database_url.split(":///", 1)[1], isolation_level=None)
+        conn.execute("PRAGMA foreign_keys = ON")
+        with contextlib.closing(conn):
+            yield conn
+        return
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
 def table_counts(database_url: str) -> dict[str, int]:
     """Rows in every table the database has (an older revision lacks the newer tables), read
     straight from the database (not through the service)."""

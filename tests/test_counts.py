@@ -8,17 +8,13 @@ cascade, and (test_migrations) the fill of a database that had rows before the c
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from tests.conftest import PASSWORD, POOLED, bearer, live_client, login, register
+from tests.conftest import PASSWORD, POOLED, bearer, live_client, login, register, table_connection
 
 # A post's counts and a user's, from their rows: what the kept counts must always equal.
 COUNTED_POSTS = """
@@ -47,21 +43,8 @@ FROM user_counts GROUP BY user_id
 """
 
 
-@contextlib.contextmanager
-def connect(database_url: str) -> Iterator[Any]:
-    """A plain DB-API connection to the test's database (autocommit), outside the service."""
-    if database_url.startswith("sqlite"):
-        conn = sqlite3.connect(database_url.split(":///", 1)[1], isolation_level=None)
-        conn.execute("PRAGMA foreign_keys = ON")
-        with contextlib.closing(conn):
-            yield conn
-        return
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        yield conn
-
-
 def run_sql(database_url: str, *statements: str) -> None:
-    with connect(database_url) as conn:
+    with table_connection(database_url) as conn:
         for statement in statements:
             conn.execute(statement)
 
@@ -73,7 +56,7 @@ def _rows(conn: Any, query: str) -> list[tuple[Any, ...]]:
 def count_errors(database_url: str) -> list[str]:
     """Where the kept counts differ from the rows (empty when every count is exact)."""
     errors = []
-    with connect(database_url) as conn:
+    with table_connection(database_url) as conn:
         for what, counted_query, kept_query in (
             ("post", COUNTED_POSTS, KEPT_POSTS),
             ("user", COUNTED_USERS, KEPT_USERS),
@@ -93,7 +76,7 @@ def count_errors(database_url: str) -> list[str]:
 
 
 def kept_rows_of(database_url: str, table: str, column: str, key: int) -> int:
-    with connect(database_url) as conn:
+    with table_connection(database_url) as conn:
         placeholder = "?" if database_url.startswith("sqlite") else "%s"
         row = conn.execute(f"SELECT count(*) FROM {table} WHERE {column} = {placeholder}", (key,)).fetchone()
         return int(row[0])
@@ -168,7 +151,7 @@ def test_random_mixes_of_writes_keep_every_count_equal_to_its_rows(
     mix()
 
     # And what the API shows is what the rows say.
-    with connect(database_url) as conn:
+    with table_connection(database_url) as conn:
         counted_posts = {row[0]: tuple(row[1:]) for row in _rows(conn, COUNTED_POSTS)}
         counted_users = {row[0]: tuple(row[1:]) for row in _rows(conn, COUNTED_USERS)}
     assert shown_post_counts(client) == counted_posts

@@ -54,10 +54,11 @@ from tests.conftest import (
     free_port,
     running_service,
     service_env,
+    table_connection,
     table_counts,
     wait_until_answering,
 )
-from tests.test_counts import connect, count_errors, run_sql
+from tests.test_counts import count_errors, run_sql
 
 V1_SCHEMA = Path(__file__).resolve().parent / "schema_v1"
 HEAD = head_revision()
@@ -416,7 +417,7 @@ def test_the_fill_is_exact_while_writers_write_and_when_run_again(fresh_database
 
     def write_as_users_do(seed: int) -> None:
         chance = random.Random(seed)
-        with connect(url) as conn:
+        with table_connection(url) as conn:
             mark = "?" if url.startswith("sqlite") else "%s"
             while not stop.is_set():
                 user_id, post_id = chance.randint(1, 40), chance.randint(1, 120)

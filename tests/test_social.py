@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import bearer, login, register, table_counts
+from tests.conftest import bearer, login, register, table_connection, table_counts
 
 
 def user(client: TestClient, name: str) -> dict[str, str]:
@@ -236,6 +236,47 @@ def test_the_feed_has_my_posts_and_those_i_follow_newest_first(client: TestClien
     feed = client.get("/feed", headers=tim).json()
     assert [p["content"] for p in feed["items"]] == ["tim 2", "sue 1", "tim 1"]
     assert client.get("/feed", headers=ann).json()["items"][0]["content"] == "ann 1"
+
+
+def test_every_page_of_every_feed_is_the_followed_posts_newest_first(
+    client: TestClient, database_url: str
+) -> None:
+    """Read through each author's index on PostgreSQL, by one walk of all posts on SQLite: either
+    way, paged at any size, a feed is exactly its user's and followees' posts, newest first, ties
+    on the clock broken by id."""
+    import random
+
+    chance = random.Random(26)
+    names = ["ann", "bob", "cat", "dan", "eve", "fay"]
+    people = {name: user(client, name) for name in names}
+    for name in names:
+        for other in chance.sample([n for n in names if n != name], chance.randint(0, 4)):
+            assert client.put(f"/users/{other}/follow", headers=people[name]).status_code == 204
+    written = [post(client, people[chance.choice(names)], f"p{n}") for n in range(60)]
+    # Many posts on one clock reading, so that the cursor's tie-break on id is exercised.
+    same_moment = (
+        "2026-01-02T03:04:05.000000Z" if database_url.startswith("sqlite") else "2026-01-02 03:04:05+00"
+    )
+    ids = ", ".join(str(p["id"]) for p in written[::3])
+    with table_connection(database_url) as conn:
+        conn.execute(f"UPDATE posts SET created_at = '{same_moment}' WHERE id IN ({ids})")
+
+    for name in names:
+        me = client.get(f"/users/{name}").json()["id"]
+        followed = {row["username"] for row in client.get(f"/users/{name}/following").json()["items"]}
+        everything = client.get("/posts", params={"limit": 100}).json()["items"]
+        expected = [p["id"] for p in everything if p["author"] in followed | {name}]
+        for size in (1, 3, 7, 100):
+            seen: list[int] = []
+            cursor = None
+            while True:
+                params = {"limit": size, **({"cursor": cursor} if cursor else {})}
+                page = client.get("/feed", params=params, headers=people[name]).json()
+                seen += [p["id"] for p in page["items"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+            assert seen == expected, (name, size, me)
 
 
 def test_posts_list_newest_first_with_counts(client: TestClient) -> None:
