@@ -6,6 +6,7 @@
 -- again replaces them (tables.create_counting_triggers drops each trigger first).
 
 -- name: ddl_count_likes
+-- A like counts on its post, in the liker's shard.
 CREATE OR REPLACE FUNCTION count_likes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -20,10 +21,12 @@ BEGIN
 END $$
 
 -- name: ddl_likes_counted
+-- Every like inserted or deleted, by anyone, moves its post's count.
 CREATE TRIGGER likes_counted AFTER INSERT OR DELETE ON likes
 FOR EACH ROW EXECUTE FUNCTION count_likes()
 
 -- name: ddl_count_reposts
+-- A repost counts on its post, in the reposter's shard.
 CREATE OR REPLACE FUNCTION count_reposts() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -38,10 +41,12 @@ BEGIN
 END $$
 
 -- name: ddl_reposts_counted
+-- Every repost inserted or deleted moves its post's count.
 CREATE TRIGGER reposts_counted AFTER INSERT OR DELETE ON reposts
 FOR EACH ROW EXECUTE FUNCTION count_reposts()
 
 -- name: ddl_count_comments
+-- A comment counts on its post, in its own id's shard.
 CREATE OR REPLACE FUNCTION count_comments() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -56,6 +61,7 @@ BEGIN
 END $$
 
 -- name: ddl_comments_counted
+-- Every comment inserted or deleted moves its post's count.
 CREATE TRIGGER comments_counted AFTER INSERT OR DELETE ON comments
 FOR EACH ROW EXECUTE FUNCTION count_comments()
 
@@ -78,10 +84,12 @@ BEGIN
 END $$
 
 -- name: ddl_posts_counted
+-- A new post counts for its author.
 CREATE TRIGGER posts_counted AFTER INSERT ON posts
 FOR EACH ROW EXECUTE FUNCTION count_posts()
 
 -- name: ddl_posts_uncounted
+-- A post about to be deleted takes its counts and its author's one with it.
 CREATE TRIGGER posts_uncounted BEFORE DELETE ON posts
 FOR EACH ROW EXECUTE FUNCTION count_posts()
 
@@ -106,6 +114,7 @@ BEGIN
 END $$
 
 -- name: ddl_follows_counted
+-- Every follow inserted or deleted moves both users' counts.
 CREATE TRIGGER follows_counted AFTER INSERT OR DELETE ON follows
 FOR EACH ROW EXECUTE FUNCTION count_follows()
 
@@ -118,6 +127,7 @@ BEGIN
 END $$
 
 -- name: ddl_users_uncounted
+-- A user about to be deleted takes their counts with them.
 CREATE TRIGGER users_uncounted BEFORE DELETE ON users
 FOR EACH ROW EXECUTE FUNCTION uncount_user()
 
@@ -127,4 +137,5 @@ FOR EACH ROW EXECUTE FUNCTION uncount_user()
 LOCK TABLE posts, likes, reposts, comments IN SHARE MODE
 
 -- name: lock_users_counted
+-- The same for a range of user counts.
 LOCK TABLE users, posts, follows IN SHARE MODE

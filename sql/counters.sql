@@ -8,6 +8,7 @@ SELECT coalesce((SELECT max(id) FROM posts), 0) AS post_id,
        coalesce((SELECT max(id) FROM users), 0) AS user_id
 
 -- name: clear_post_counts
+-- Forget the kept counts of the posts in [first, end), before filling them again.
 DELETE FROM post_counts
 WHERE post_id >= :first AND post_id < :end
 
@@ -28,6 +29,7 @@ FROM (
 GROUP BY post_id, shard
 
 -- name: clear_user_counts
+-- Forget the kept counts of the users in [first, end), before filling them again.
 DELETE FROM user_counts
 WHERE user_id >= :first AND user_id < :end
 
