@@ -1,22 +1,26 @@
-"""Filling the kept counts (post_counts, user_counts) from the rows already there.
+"""Filling what the database keeps (the counts of 0005, the sales rollups of 0006) from the rows
+already there.
 
-The triggers that keep the counts (sql/counters.<dialect>.sql) count every change from the moment
-they exist; revision 0005 makes them first and then fills in what was there before, here, one
-range of ids at a time. Each range is replaced whole, so the fill can be stopped at any point and
-run again from the start.
+The triggers that keep them (sql/counters.<dialect>.sql, sql/rollups.<dialect>.sql) count every
+change from the moment they exist; a revision makes them first and then fills in what was there
+before, here, one range at a time (of ids, or of days for daily_sales). Each range is replaced
+whole, so the fill can be stopped at any point and run again from the start.
 
-On PostgreSQL each range is its own short transaction holding SHARE locks on the tables it counts:
+On PostgreSQL each range is its own short transaction holding SHARE locks on the tables it reads:
 writers of those rows wait for that one range (tens of milliseconds), readers never; what a writer
 adds after the range is done, its trigger counts. A range that cannot get its locks within the
 session's lock_timeout is tried again after a pause. On SQLite the migration holds the one write
-lock throughout, so everything is filled in one go.
+lock throughout, so each table is filled in one go.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
@@ -28,27 +32,36 @@ log = logging.getLogger("service.counters")
 # Ids a range covers: about 60 ms a range of posts on the issue's data set (three likes and one
 # comment a post), so that a writer never waits long behind one.
 IDS_PER_RANGE = 20_000
+DAYS_PER_RANGE = 7
 _RETRIES = 20
 # lock_timeout ran out; a deadlock detected (a writer that already held one of the tables).
 _TRY_AGAIN = {"55P03", "40P01"}
 
 
 @dataclass(frozen=True)
-class _Counted:
-    """One kept-count table and what fills it."""
+class Kept:
+    """One table the triggers keep, and the statements that fill it (`lock` on PostgreSQL only)."""
 
+    table: str
+    ranges_of: str  # "day", or the highest_ids column where its ranges of ids end
     lock: str
     clear: str
     fill: str
-    highest: str  # the column of highest_ids where its ranges end
 
 
-POSTS = _Counted("lock_posts_counted", "clear_post_counts", "fill_post_counts", "post_id")
-USERS = _Counted("lock_users_counted", "clear_user_counts", "fill_user_counts", "user_id")
+POST_COUNTS = Kept("post_counts", "post_id", "lock_posts_counted", "clear_post_counts", "fill_post_counts")
+USER_COUNTS = Kept("user_counts", "user_id", "lock_users_counted", "clear_user_counts", "fill_user_counts")
+CUSTOMER_ITEMS = Kept(
+    "customer_items", "customer_id", "lock_customer_items", "clear_customer_items", "fill_customer_items"
+)
+DAILY_SALES = Kept("daily_sales", "day", "lock_daily_sales", "clear_daily_sales", "fill_daily_sales")
+
+COUNTS = (POST_COUNTS, USER_COUNTS)
+ROLLUPS = (CUSTOMER_ITEMS, DAILY_SALES)
 
 
-def fill_counts(connection: Connection, ids_per_range: int = IDS_PER_RANGE) -> str:
-    """Make post_counts and user_counts equal to the rows they count. Says how long it took.
+def fill(connection: Connection, kept: tuple[Kept, ...], ids_per_range: int = IDS_PER_RANGE) -> str:
+    """Make each kept table equal to the rows it keeps. Says how long it took.
 
     PostgreSQL: the connection must be in autocommit (the migration's `outside_transaction`);
     each range begins and commits its own transaction. SQLite: runs in the caller's transaction.
@@ -56,41 +69,66 @@ def fill_counts(connection: Connection, ids_per_range: int = IDS_PER_RANGE) -> s
     started = time.perf_counter()
     dialect = connection.dialect.name
     queries = load_queries(dialect)
-    highest = connection.execute(text(queries.highest_ids.source)).mappings().one()
+    edges = dict(connection.execute(text(queries.highest_ids.source)).mappings().one())
     ranges = 0
-    for counted in (POSTS, USERS):
-        end_of_ids = int(highest[counted.highest]) + 1
-        if dialect == "sqlite":
-            _fill_range(connection, queries, counted, 0, end_of_ids)
+    for table in kept:
+        for first, end in _ranges(dialect, table, edges, ids_per_range):
+            if dialect == "sqlite":
+                _fill_range(connection, queries, table, first, end)
+            else:
+                _fill_range_in_own_transaction(connection, queries, table, first, end)
             ranges += 1
-            continue
-        for first in range(0, end_of_ids, ids_per_range):
-            _fill_range_in_own_transaction(connection, queries, counted, first, first + ids_per_range)
-            ranges += 1
-    return f"kept counts filled in {ranges} ranges ({(time.perf_counter() - started):.1f} s)"
+    names = ", ".join(table.table for table in kept)
+    return f"filled {names} in {ranges} ranges ({time.perf_counter() - started:.1f} s)"
 
 
-def _fill_range(connection: Connection, queries: Queries, counted: _Counted, first: int, end: int) -> None:
+def fill_counts(connection: Connection, ids_per_range: int = IDS_PER_RANGE) -> str:
+    return fill(connection, COUNTS, ids_per_range)
+
+
+def _ranges(
+    dialect: str, table: Kept, edges: Mapping[str, Any], ids_per_range: int
+) -> Iterator[tuple[Any, Any]]:
+    if table.ranges_of == "day":
+        if dialect == "sqlite":  # one range holding every day: stored timestamps and days are text
+            yield "0000-01-01", "9999-12-32"
+            return
+        first_at, last_at = edges["first_purchased_at"], edges["last_purchased_at"]
+        if first_at is None:
+            return
+        day, last = first_at.astimezone(UTC).date(), last_at.astimezone(UTC).date()
+        while day <= last:
+            yield day, day + timedelta(days=DAYS_PER_RANGE)
+            day += timedelta(days=DAYS_PER_RANGE)
+        return
+    end_of_ids = int(edges[table.ranges_of]) + 1
+    step = end_of_ids if dialect == "sqlite" else ids_per_range
+    for first in range(0, end_of_ids, step):
+        yield first, first + step
+
+
+def _fill_range(connection: Connection, queries: Queries, table: Kept, first: Any, end: Any) -> None:
     bounds = {"first": first, "end": end}
-    connection.execute(text(getattr(queries, counted.clear).source), bounds)
-    connection.execute(text(getattr(queries, counted.fill).source), bounds)
+    connection.execute(text(getattr(queries, table.clear).source), bounds)
+    connection.execute(text(getattr(queries, table.fill).source), bounds)
 
 
 def _fill_range_in_own_transaction(
-    connection: Connection, queries: Queries, counted: _Counted, first: int, end: int
+    connection: Connection, queries: Queries, table: Kept, first: Any, end: Any
 ) -> None:
     pause = 0.1
     for attempt in range(_RETRIES + 1):
         connection.exec_driver_sql("BEGIN")
         try:
-            connection.execute(text(getattr(queries, counted.lock).source))
-            _fill_range(connection, queries, counted, first, end)
+            connection.execute(text(getattr(queries, table.lock).source))
+            _fill_range(connection, queries, table, first, end)
         except DBAPIError as exc:
             connection.exec_driver_sql("ROLLBACK")
             if getattr(exc.orig, "sqlstate", None) not in _TRY_AGAIN or attempt == _RETRIES:
                 raise
             log.warning(
-                "filling counts of ids %d-%d waited too long for its locks; again in %.1f s",
+                "filling %s %s-%s waited too long for its locks; again in %.1f s",
+                table.table,
                 first,
                 end,
                 pause,

@@ -12,6 +12,7 @@ from service.db import Database
 from service.idempotency import purge_expired_keys
 from service.login_throttle import purge_ended_windows
 from service.metrics import observe_pool
+from service.reports import fold_ended_days
 from service.timestamps import utc_now
 from service.tracing import background_span
 
@@ -22,11 +23,12 @@ log = logging.getLogger("service.housekeeping")
 
 async def purge_once(db: Database, auth: AuthSettings) -> tuple[int, int, int]:
     """Drop expired idempotency keys, sessions dead for longer than the retention period, and the
-    login throttle's counts of windows that have ended."""
+    login throttle's counts of windows that have ended; fold the sales rollups of ended days."""
     now = utc_now()
     keys = await purge_expired_keys(db)
     sessions = await purge_dead_sessions(db, now - auth.session_retention)
     windows = await purge_ended_windows(db, now)
+    await fold_ended_days(db, now)
     return keys, sessions, windows
 
 

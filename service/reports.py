@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import Schema, fields, validate
@@ -41,11 +41,35 @@ class SalesReportOut(Schema):
     rows = fields.List(fields.Nested(SalesRowOut), required=True)
 
 
+def whole_days(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """The UTC midnights that bound the whole days in [since, until), for the rollups to answer;
+    the rest of the range is read from the purchases. Both are `until` when no day is whole."""
+    midnight = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    days_until = until.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if midnight >= days_until:  # (also keeps the day after LATEST's from being computed)
+        return until, until
+    days_from = midnight if midnight == since else midnight + timedelta(days=1)
+    if days_from >= days_until:
+        return until, until
+    return days_from, days_until
+
+
 async def sales_report(
     db: Database, group_by: str, since: datetime, until: datetime, limit: int
 ) -> list[Any]:
     statement = getattr(db.sql, f"sales_by_{group_by}")
-    return await db.fetch_all(statement, {"since": since, "until": until, "limit": limit})
+    values: dict[str, Any] = {"since": since, "until": until, "limit": limit}
+    if "days_from" in statement.parameters:
+        values["days_from"], values["days_until"] = whole_days(since, until)
+    return await db.fetch_all(statement, values)
+
+
+async def fold_ended_days(db: Database, now: datetime) -> None:
+    """PostgreSQL spreads each day's rollups over shards while it is young (see service.tables);
+    fold every ended day's into one row per item. (SQLite keeps one row from the start.)"""
+    if db.dialect == "postgresql":
+        today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        await db.execute(db.sql.fold_ended_days, {"today": today})
 
 
 _sales_query = SalesQuery()

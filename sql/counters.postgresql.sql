@@ -3,9 +3,9 @@
 -- inserted or deleted, so a PUT that finds its like already there, or a DELETE that finds none,
 -- moves nothing. An increment is an upsert (the shard's first row is made by it); a decrement is
 -- an UPDATE, which finds the row its increment made. 16 is tables.COUNTER_SHARDS. Making them
--- again replaces them (tables.create_counting_triggers drops each trigger first).
+-- again replaces them (tables.create_triggers drops each trigger first).
 
--- name: ddl_count_likes
+-- name: counts_ddl_count_likes
 -- A like counts on its post, in the liker's shard.
 CREATE OR REPLACE FUNCTION count_likes() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -20,12 +20,12 @@ BEGIN
     RETURN NULL;
 END $$
 
--- name: ddl_likes_counted
+-- name: counts_ddl_likes_counted
 -- Every like inserted or deleted, by anyone, moves its post's count.
 CREATE TRIGGER likes_counted AFTER INSERT OR DELETE ON likes
 FOR EACH ROW EXECUTE FUNCTION count_likes()
 
--- name: ddl_count_reposts
+-- name: counts_ddl_count_reposts
 -- A repost counts on its post, in the reposter's shard.
 CREATE OR REPLACE FUNCTION count_reposts() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -40,12 +40,12 @@ BEGIN
     RETURN NULL;
 END $$
 
--- name: ddl_reposts_counted
+-- name: counts_ddl_reposts_counted
 -- Every repost inserted or deleted moves its post's count.
 CREATE TRIGGER reposts_counted AFTER INSERT OR DELETE ON reposts
 FOR EACH ROW EXECUTE FUNCTION count_reposts()
 
--- name: ddl_count_comments
+-- name: counts_ddl_count_comments
 -- A comment counts on its post, in its own id's shard.
 CREATE OR REPLACE FUNCTION count_comments() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -60,12 +60,12 @@ BEGIN
     RETURN NULL;
 END $$
 
--- name: ddl_comments_counted
+-- name: counts_ddl_comments_counted
 -- Every comment inserted or deleted moves its post's count.
 CREATE TRIGGER comments_counted AFTER INSERT OR DELETE ON comments
 FOR EACH ROW EXECUTE FUNCTION count_comments()
 
--- name: ddl_count_posts
+-- name: counts_ddl_count_posts
 -- A post counts for its author; and before a post goes, its own counts go, so that the cascade
 -- that deletes its likes (each firing count_likes) finds no row to update: a popular post is then
 -- deleted at the cost of its likes, not of a hundred thousand updates of the same sixteen rows.
@@ -83,17 +83,17 @@ BEGIN
     RETURN OLD;
 END $$
 
--- name: ddl_posts_counted
+-- name: counts_ddl_posts_counted
 -- A new post counts for its author.
 CREATE TRIGGER posts_counted AFTER INSERT ON posts
 FOR EACH ROW EXECUTE FUNCTION count_posts()
 
--- name: ddl_posts_uncounted
+-- name: counts_ddl_posts_uncounted
 -- A post about to be deleted takes its counts and its author's one with it.
 CREATE TRIGGER posts_uncounted BEFORE DELETE ON posts
 FOR EACH ROW EXECUTE FUNCTION count_posts()
 
--- name: ddl_count_follows
+-- name: counts_ddl_count_follows
 -- A follow counts twice: a follower for the followee, one more followed for the follower.
 CREATE OR REPLACE FUNCTION count_follows() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -113,12 +113,12 @@ BEGIN
     RETURN NULL;
 END $$
 
--- name: ddl_follows_counted
+-- name: counts_ddl_follows_counted
 -- Every follow inserted or deleted moves both users' counts.
 CREATE TRIGGER follows_counted AFTER INSERT OR DELETE ON follows
 FOR EACH ROW EXECUTE FUNCTION count_follows()
 
--- name: ddl_count_users
+-- name: counts_ddl_count_users
 -- Before a user goes, their own counts go (as a post's do, for the same reason).
 CREATE OR REPLACE FUNCTION uncount_user() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -126,7 +126,7 @@ BEGIN
     RETURN OLD;
 END $$
 
--- name: ddl_users_uncounted
+-- name: counts_ddl_users_uncounted
 -- A user about to be deleted takes their counts with them.
 CREATE TRIGGER users_uncounted BEFORE DELETE ON users
 FOR EACH ROW EXECUTE FUNCTION uncount_user()
@@ -139,3 +139,20 @@ LOCK TABLE posts, likes, reposts, comments IN SHARE MODE
 -- name: lock_users_counted
 -- The same for a range of user counts.
 LOCK TABLE users, posts, follows IN SHARE MODE
+
+-- name: lock_customer_items
+-- The same for a range of customers' rollups.
+LOCK TABLE customers, purchases IN SHARE MODE
+
+-- name: lock_daily_sales
+-- The same for a range of days' rollups.
+LOCK TABLE purchases IN SHARE MODE
+
+-- name: fill_daily_sales
+-- What was sold on the days in [first, end), per item, in each day's shard 0 (ix_purchases_purchased).
+INSERT INTO daily_sales (day, item, shard, purchases, quantity, revenue_cents)
+SELECT (purchased_at AT TIME ZONE 'UTC')::date, item, 0, count(*), sum(quantity), sum(total_cents)
+FROM purchases
+WHERE purchased_at >= (CAST(:first AS timestamp) AT TIME ZONE 'UTC')
+  AND purchased_at < (CAST(:end AS timestamp) AT TIME ZONE 'UTC')
+GROUP BY 1, 2

@@ -1,11 +1,14 @@
--- Filling the kept counts from the rows already there (revision 0005, `seed`): one range of ids
+-- Filling the kept counts and rollups from the rows already there (revisions 0005 and 0006): one range of ids
 -- at a time, each replacing whatever the range held. service.counters runs them; 16 is
 -- tables.COUNTER_SHARDS, and a row lands in the shard its trigger would have picked.
 
 -- name: highest_ids
--- Where the ranges end.
+-- Where the ranges of ids end, and the first and last moments purchases were made.
 SELECT coalesce((SELECT max(id) FROM posts), 0) AS post_id,
-       coalesce((SELECT max(id) FROM users), 0) AS user_id
+       coalesce((SELECT max(id) FROM users), 0) AS user_id,
+       coalesce((SELECT max(id) FROM customers), 0) AS customer_id,
+       (SELECT min(purchased_at) FROM purchases) AS first_purchased_at,
+       (SELECT max(purchased_at) FROM purchases) AS last_purchased_at
 
 -- name: clear_post_counts
 -- Forget the kept counts of the posts in [first, end), before filling them again.
@@ -48,3 +51,21 @@ FROM (
     FROM follows WHERE follower_id >= :first AND follower_id < :end
 ) AS counted
 GROUP BY user_id, shard
+
+-- name: clear_customer_items
+-- Forget the rollups of the customers in [first, end), before filling them again.
+DELETE FROM customer_items
+WHERE customer_id >= :first AND customer_id < :end
+
+-- name: fill_customer_items
+-- What the customers in the range bought, per item (ix_purchases_customer).
+INSERT INTO customer_items (customer_id, item, purchases, quantity, spent_cents)
+SELECT customer_id, item, count(*), sum(quantity), sum(total_cents)
+FROM purchases
+WHERE customer_id >= :first AND customer_id < :end
+GROUP BY customer_id, item
+
+-- name: clear_daily_sales
+-- Forget the rollups of the days in [first, end), before filling them again.
+DELETE FROM daily_sales
+WHERE day >= :first AND day < :end

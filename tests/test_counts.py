@@ -260,7 +260,7 @@ def test_the_drift_check_names_a_missing_counting_trigger(client: TestClient, da
     from sqlalchemy import create_engine
 
     from service.migrations.schema import differences, sync_url
-    from service.tables import create_counting_triggers
+    from service.tables import create_triggers
 
     sqlite = database_url.startswith("sqlite")
     run_sql(database_url, "DROP TRIGGER likes_counted" + ("" if sqlite else " ON likes"))
@@ -268,7 +268,7 @@ def test_the_drift_check_names_a_missing_counting_trigger(client: TestClient, da
     try:
         with engine.connect() as conn:
             assert differences(conn) == ["likes.likes_counted: trigger missing from the database"]
-            create_counting_triggers(conn)  # the shared PostgreSQL database serves the next tests
+            create_triggers(conn)  # the shared PostgreSQL database serves the next tests
             conn.commit()
             assert differences(conn) == []
     finally:

@@ -35,7 +35,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from service.config import MigrationPolicy
 from service.sqlite_backend import sqlite_path
-from service.tables import counting_trigger_tables, metadata
+from service.tables import metadata, trigger_tables
 
 log = logging.getLogger("service.migrations")
 
@@ -141,8 +141,8 @@ def differences(connection: Connection) -> list[str]:
 
 
 def trigger_differences(connection: Connection) -> list[str]:
-    """The counting triggers (which Alembic's comparison does not see) the database lacks or adds."""
-    expected = counting_trigger_tables(connection.dialect.name)
+    """The keeping triggers (which Alembic's comparison does not see) the database lacks or adds."""
+    expected = trigger_tables(connection.dialect.name)
     if connection.dialect.name == "sqlite":
         query = "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'"
     else:

@@ -26,12 +26,14 @@ from alembic import op
 
 from service.counters import fill_counts
 from service.migrations import outside_transaction
-from service.tables import counting_functions, create_counting_triggers, drop_counting_triggers
+from service.tables import create_triggers, drop_triggers, trigger_functions
 
 revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+KINDS = ("counts",)  # the rollups' triggers come with their tables, in 0006
 
 
 def _counts_table(name: str, owner: str, owner_table: str, *counts: str) -> None:
@@ -51,14 +53,14 @@ def upgrade() -> None:
         _counts_table("post_counts", "post_id", "posts", "like_count", "repost_count", "comment_count")
     if "user_counts" not in present:
         _counts_table("user_counts", "user_id", "users", "post_count", "follower_count", "following_count")
-    create_counting_triggers(op.get_bind())
+    create_triggers(op.get_bind(), KINDS)
     with outside_transaction():
         logging.getLogger("service.migrations").warning("0005: %s", fill_counts(op.get_bind()))
 
 
 def downgrade() -> None:
-    drop_counting_triggers(op.get_bind())
-    for function in counting_functions(op.get_bind().dialect.name):
+    drop_triggers(op.get_bind(), KINDS)
+    for function in trigger_functions(op.get_bind().dialect.name, KINDS):
         op.execute(f"DROP FUNCTION IF EXISTS {function}()")
     op.drop_table("user_counts")
     op.drop_table("post_counts")
