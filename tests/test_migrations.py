@@ -30,7 +30,7 @@ from starlette.testclient import TestClient
 from service.apikeys import hash_key
 from service.app import create_app
 from service.config import MigrationPolicy, Settings
-from service.counters import fill_counts
+from service.counters import ROLLUPS, fill, fill_counts
 from service.migrations.schema import (
     SchemaRefused,
     differences,
@@ -59,6 +59,7 @@ from tests.conftest import (
     wait_until_answering,
 )
 from tests.test_counts import count_errors, run_sql
+from tests.test_rollups import rollup_errors
 
 V1_SCHEMA = Path(__file__).resolve().parent / "schema_v1"
 HEAD = head_revision()
@@ -373,6 +374,42 @@ def add_social_rows(url: str, users: int, posts: int, seed: int) -> None:
         )
 
 
+def add_purchases(url: str, customers: int, purchases: int, seed: int) -> None:
+    """Purchases over several days, written as the release before 0006 wrote them (one INSERT each,
+    customers upserted by email), knowing nothing of rollups."""
+    import random
+
+    chance = random.Random(seed)
+    sqlite = url.startswith("sqlite")
+    with engine_for(url) as engine, engine.begin() as conn:
+        for _ in range(purchases):
+            email = f"buyer{chance.randrange(customers)}@example.com"
+            moment = datetime(2026, 3, 1, tzinfo=UTC) + timedelta(minutes=chance.randrange(5 * 24 * 60))
+            at = to_text(moment) if sqlite else moment
+            customer = conn.execute(
+                text(
+                    "INSERT INTO customers (email, name, created_at, updated_at) VALUES (:e, 'B', :t, :t)"
+                    " ON CONFLICT (email) DO UPDATE SET revision = customers.revision + 1 RETURNING id"
+                ),
+                {"e": email, "t": at},
+            ).scalar_one()
+            quantity, cents = chance.randint(1, 4), chance.randint(1, 5000)
+            conn.execute(
+                text(
+                    "INSERT INTO purchases (customer_id, item, quantity, unit_price_cents, total_cents,"
+                    " purchased_at, captured_by, created_at) VALUES (:c, :i, :q, :u, :t, :at, 'old', :at)"
+                ),
+                {
+                    "c": customer,
+                    "i": chance.choice(["book", "pen", "ink"]),
+                    "q": quantity,
+                    "u": cents,
+                    "t": quantity * cents,
+                    "at": at,
+                },
+            )
+
+
 def test_upgrading_to_kept_counts_fills_them_and_counts_what_the_old_release_writes_after(
     fresh_database_url: str,
 ) -> None:
@@ -380,10 +417,12 @@ def test_upgrading_to_kept_counts_fills_them_and_counts_what_the_old_release_wri
     old = build_database_before_migrations(url)
     assert run_cli(url, "db", "upgrade", "0004").returncode == 0
     add_social_rows(url, users=30, posts=80, seed=5)
+    add_purchases(url, customers=3, purchases=60, seed=5)
 
     upgraded = run_cli(url, "db", "upgrade")
     assert upgraded.returncode == 0 and "filled post_counts, user_counts" in upgraded.stderr, upgraded.stderr
-    assert count_errors(url) == []
+    assert "filled customer_items, daily_sales" in upgraded.stderr
+    assert count_errors(url) == [] and rollup_errors(url) == []
     # The release before, still serving in a rolling deploy, writes as it always did: its rows
     # are counted by the triggers all the same, a cascading delete of a post included.
     with engine_for(url) as engine, engine.begin() as conn:
@@ -395,7 +434,8 @@ def test_upgrading_to_kept_counts_fills_them_and_counts_what_the_old_release_wri
         )
         conn.execute(text("DELETE FROM follows WHERE follower_id = 3"))
         conn.execute(text("DELETE FROM posts WHERE id IN (2, 5, 8)"))
-    assert count_errors(url) == []
+    add_purchases(url, customers=4, purchases=10, seed=6)  # the old release records purchases too
+    assert count_errors(url) == [] and rollup_errors(url) == []
     with TestClient(create_app(settings_for(url)), raise_server_exceptions=False) as api:
         users = table_counts(url)["users"]
         assert api.get(f"/posts/{old.tim_post_id}").json()["like_count"] == users
@@ -461,6 +501,41 @@ def test_the_fill_is_exact_while_writers_write_and_when_run_again(fresh_database
         fill_counts(conn, ids_per_range=7)
         conn.commit()
     assert count_errors(url) == []
+
+
+def test_the_rollups_fill_is_exact_while_purchases_are_recorded_and_deleted(fresh_database_url: str) -> None:
+    url = fresh_database_url
+    prepare_schema(url)
+    add_purchases(url, customers=30, purchases=300, seed=11)
+    run_sql(url, "DELETE FROM customer_items", "DELETE FROM daily_sales")  # as before revision 0006
+    assert rollup_errors(url) != []
+
+    stop = threading.Event()
+    rounds = []
+
+    def record_and_delete(seed: int) -> None:
+        while not stop.is_set():
+            add_purchases(url, customers=40, purchases=3, seed=seed + len(rounds))
+            run_sql(url, f"DELETE FROM purchases WHERE id = (SELECT min(id) + {seed} FROM purchases)")
+            rounds.append(1)
+
+    writers = [threading.Thread(target=record_and_delete, args=(seed,)) for seed in range(3)]
+    for writer in writers:
+        writer.start()
+    try:
+        with schema_connection(url) as conn:
+            if not url.startswith("sqlite"):
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            time.sleep(0.2)
+            said = fill(conn, ROLLUPS, ids_per_range=3)
+            conn.commit()
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    assert len(rounds) > 5 and "filled customer_items, daily_sales" in said
+    assert rollup_errors(url) == []
 
 
 def settings_for(url: str, **changes: Any) -> Settings:
