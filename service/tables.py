@@ -213,11 +213,11 @@ Index("ix_follows_follower", follows.c.follower_id, follows.c.created_at, follow
 # so every writer moves them in its own transaction: this release, the release before it during a
 # rolling deploy, a cascade from a deleted post or user, and anyone at a psql prompt.
 #
-# A count is spread over COUNTER_SHARDS rows (the shard is a column of the row that was counted,
+# On PostgreSQL a count is spread over COUNTER_SHARDS rows (the shard is a column of the row that was counted,
 # the liker's id, say, modulo COUNTER_SHARDS) and summed when read: thirty-two people liking one
 # post at once then queue on sixteen row locks, not on one (measured on PostgreSQL 15, one post,
 # 32 connections liking and unliking: 2,000 writes/s on one row, 5,500-6,700 on sixteen, 10,000
-# with no count kept at all).
+# with no count kept at all). SQLite, one writer at a time, keeps each count in shard 0.
 COUNTER_SHARDS = 16
 
 post_counts = Table(

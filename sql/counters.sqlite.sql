@@ -2,13 +2,14 @@
 -- counters.postgresql.sql keeps them there: an increment is an upsert, a decrement an UPDATE of
 -- the row its increment made, and a row fires them only when it was really inserted or deleted.
 -- A post's or user's own counts go before it does, so the cascade that follows finds nothing to
--- update. 16 is tables.COUNTER_SHARDS. Making them again replaces them
--- (tables.create_triggers drops each trigger first).
+-- update. Every count is in shard 0: SQLite has one writer at a time, so there is no row lock to
+-- spread, and a read finds one row. Making them again replaces them (tables.create_triggers drops
+-- each trigger first).
 
 -- name: counts_ddl_likes_counted
--- A like counts on its post, in the liker's shard.
+-- A like counts on its post.
 CREATE TRIGGER likes_counted AFTER INSERT ON likes BEGIN
-    INSERT INTO post_counts (post_id, shard, like_count) VALUES (NEW.post_id, NEW.user_id % 16, 1)
+    INSERT INTO post_counts (post_id, shard, like_count) VALUES (NEW.post_id, 0, 1)
     ON CONFLICT (post_id, shard) DO UPDATE SET like_count = like_count + 1;
 END
 
@@ -16,13 +17,13 @@ END
 -- A like taken back (or cascaded away) no longer counts.
 CREATE TRIGGER likes_uncounted AFTER DELETE ON likes BEGIN
     UPDATE post_counts SET like_count = like_count - 1
-    WHERE post_id = OLD.post_id AND shard = OLD.user_id % 16;
+    WHERE post_id = OLD.post_id AND shard = 0;
 END
 
 -- name: counts_ddl_reposts_counted
--- A repost counts on its post, in the reposter's shard.
+-- A repost counts on its post.
 CREATE TRIGGER reposts_counted AFTER INSERT ON reposts BEGIN
-    INSERT INTO post_counts (post_id, shard, repost_count) VALUES (NEW.post_id, NEW.user_id % 16, 1)
+    INSERT INTO post_counts (post_id, shard, repost_count) VALUES (NEW.post_id, 0, 1)
     ON CONFLICT (post_id, shard) DO UPDATE SET repost_count = repost_count + 1;
 END
 
@@ -30,13 +31,13 @@ END
 -- A repost taken back no longer counts.
 CREATE TRIGGER reposts_uncounted AFTER DELETE ON reposts BEGIN
     UPDATE post_counts SET repost_count = repost_count - 1
-    WHERE post_id = OLD.post_id AND shard = OLD.user_id % 16;
+    WHERE post_id = OLD.post_id AND shard = 0;
 END
 
 -- name: counts_ddl_comments_counted
--- A comment counts on its post, in its own id's shard.
+-- A comment counts on its post.
 CREATE TRIGGER comments_counted AFTER INSERT ON comments BEGIN
-    INSERT INTO post_counts (post_id, shard, comment_count) VALUES (NEW.post_id, NEW.id % 16, 1)
+    INSERT INTO post_counts (post_id, shard, comment_count) VALUES (NEW.post_id, 0, 1)
     ON CONFLICT (post_id, shard) DO UPDATE SET comment_count = comment_count + 1;
 END
 
@@ -44,13 +45,13 @@ END
 -- A comment deleted no longer counts.
 CREATE TRIGGER comments_uncounted AFTER DELETE ON comments BEGIN
     UPDATE post_counts SET comment_count = comment_count - 1
-    WHERE post_id = OLD.post_id AND shard = OLD.id % 16;
+    WHERE post_id = OLD.post_id AND shard = 0;
 END
 
 -- name: counts_ddl_posts_counted
 -- A new post counts for its author.
 CREATE TRIGGER posts_counted AFTER INSERT ON posts BEGIN
-    INSERT INTO user_counts (user_id, shard, post_count) VALUES (NEW.author_id, NEW.id % 16, 1)
+    INSERT INTO user_counts (user_id, shard, post_count) VALUES (NEW.author_id, 0, 1)
     ON CONFLICT (user_id, shard) DO UPDATE SET post_count = post_count + 1;
 END
 
@@ -59,17 +60,17 @@ END
 CREATE TRIGGER posts_uncounted BEFORE DELETE ON posts BEGIN
     DELETE FROM post_counts WHERE post_id = OLD.id;
     UPDATE user_counts SET post_count = post_count - 1
-    WHERE user_id = OLD.author_id AND shard = OLD.id % 16;
+    WHERE user_id = OLD.author_id AND shard = 0;
 END
 
 -- name: counts_ddl_follows_counted
 -- A follow counts a follower for one user and one followed for the other.
 CREATE TRIGGER follows_counted AFTER INSERT ON follows BEGIN
     INSERT INTO user_counts (user_id, shard, follower_count)
-    VALUES (NEW.followee_id, NEW.follower_id % 16, 1)
+    VALUES (NEW.followee_id, 0, 1)
     ON CONFLICT (user_id, shard) DO UPDATE SET follower_count = follower_count + 1;
     INSERT INTO user_counts (user_id, shard, following_count)
-    VALUES (NEW.follower_id, NEW.followee_id % 16, 1)
+    VALUES (NEW.follower_id, 0, 1)
     ON CONFLICT (user_id, shard) DO UPDATE SET following_count = following_count + 1;
 END
 
@@ -77,9 +78,9 @@ END
 -- A follow taken back no longer counts on either side.
 CREATE TRIGGER follows_uncounted AFTER DELETE ON follows BEGIN
     UPDATE user_counts SET follower_count = follower_count - 1
-    WHERE user_id = OLD.followee_id AND shard = OLD.follower_id % 16;
+    WHERE user_id = OLD.followee_id AND shard = 0;
     UPDATE user_counts SET following_count = following_count - 1
-    WHERE user_id = OLD.follower_id AND shard = OLD.followee_id % 16;
+    WHERE user_id = OLD.follower_id AND shard = 0;
 END
 
 -- name: counts_ddl_users_uncounted
@@ -95,3 +96,37 @@ SELECT substr(purchased_at, 1, 10), item, 0, count(*), sum(quantity), sum(total_
 FROM purchases
 WHERE purchased_at >= :first AND purchased_at < :end
 GROUP BY 1, 2
+
+-- name: fill_post_counts
+-- The likes, reposts and comments of the posts in the range, each by its index on post_id, in
+-- shard 0 (see the triggers above).
+INSERT INTO post_counts (post_id, shard, like_count, repost_count, comment_count)
+SELECT post_id, shard, sum(liked), sum(reposted), sum(commented)
+FROM (
+    SELECT post_id, 0 AS shard, 1 AS liked, 0 AS reposted, 0 AS commented
+    FROM likes WHERE post_id >= :first AND post_id < :end
+    UNION ALL
+    SELECT post_id, 0, 0, 1, 0
+    FROM reposts WHERE post_id >= :first AND post_id < :end
+    UNION ALL
+    SELECT post_id, 0, 0, 0, 1
+    FROM comments WHERE post_id >= :first AND post_id < :end
+) AS counted
+GROUP BY post_id, shard
+
+-- name: fill_user_counts
+-- The posts, followers and followed of the users in the range, each by its own index, in
+-- shard 0.
+INSERT INTO user_counts (user_id, shard, post_count, follower_count, following_count)
+SELECT user_id, shard, sum(posted), sum(followed_by), sum(following)
+FROM (
+    SELECT author_id AS user_id, 0 AS shard, 1 AS posted, 0 AS followed_by, 0 AS following
+    FROM posts WHERE author_id >= :first AND author_id < :end
+    UNION ALL
+    SELECT followee_id, 0, 0, 1, 0
+    FROM follows WHERE followee_id >= :first AND followee_id < :end
+    UNION ALL
+    SELECT follower_id, 0, 0, 0, 1
+    FROM follows WHERE follower_id >= :first AND follower_id < :end
+) AS counted
+GROUP BY user_id, shard
