@@ -117,7 +117,7 @@ def test_random_mixes_of_writes_keep_every_count_equal_to_its_rows(
     people = {name: user(client, name) for name in NAMES}
     mine: dict[int, str] = {}  # live post id -> its author
 
-    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.lists(WRITES, min_size=1, max_size=25))
     def mix(writes: list[tuple[str, int, int]]) -> None:
         for what, who, whom in writes:

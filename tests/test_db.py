@@ -21,6 +21,7 @@ from service.config import Settings, load_settings
 from service.db import open_database
 from service.migrations.schema import prepare_schema
 from service.queries import load_queries, parse_statements, sql_directory
+from service.reports import whole_days
 from service.sqlite_backend import AUTOCHECKPOINT_BACKSTOP_PAGES, CACHE_KIB, CHECKPOINT_INTERVAL_SECONDS
 from service.tables import metadata
 from service.timestamps import utc_now
@@ -355,6 +356,7 @@ def test_postgres_keeps_one_generic_plan_per_statement_and_plans_reports_per_cal
     far_past, now = utc_now().replace(year=2000), utc_now()
     page = {"before_at": now, "before_id": 2**63 - 1, "limit": 21}
     report = {"since": far_past, "until": now, "limit": 10}
+    report["days_from"], report["days_until"] = whole_days(far_past, now)
 
     async def plans_made() -> dict[str, tuple[int, int]]:
         prepare_schema(postgres_database)

@@ -127,7 +127,7 @@ def test_random_mixes_of_purchases_keep_the_rollups_and_every_report_exact(
 ) -> None:
     replays = [0]
 
-    @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+    @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
     @given(
         st.lists(WRITES, min_size=1, max_size=12),
         st.lists(st.tuples(MOMENTS, MOMENTS), min_size=2, max_size=4),

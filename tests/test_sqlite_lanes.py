@@ -210,6 +210,8 @@ def test_reads_and_writes_are_told_apart_as_sqlite_itself_tells_them(sqlite_sett
     conn = sqlite3.connect(sqlite_settings.database_url.split(":///", 1)[1])
     try:
         for statement in load_queries("sqlite"):
+            if "_ddl_" in statement.name:
+                continue  # the triggers' DDL is run by the schema step, never served (and exists here)
             unbound = dict.fromkeys(statement.parameters)
             plan = conn.execute(f"EXPLAIN {statement.sql}", unbound).fetchall()
             writes = any(step[1] == "Transaction" and step[3] != 0 for step in plan)

@@ -209,6 +209,7 @@ def test_each_housekeeping_pass_is_a_trace_of_its_own(
         "purge_idempotency_keys",
         "purge_dead_sessions",
         "purge_ended_login_windows",
+        *(["fold_ended_days"] if not settings.is_sqlite else []),  # (SQLite has no shards to fold)
     ]
     assert all(s.kind is SpanKind.CLIENT for s in statements)
 

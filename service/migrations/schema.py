@@ -280,6 +280,9 @@ def schema_lock(connection: Connection, wait_seconds: float) -> Iterator[None]:
     while not connection.execute(
         text("SELECT pg_try_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY}
     ).scalar():
+        # Wait outside any transaction: an open one here is a snapshot that the holder's
+        # CREATE INDEX CONCURRENTLY must wait out (it did, past its lock timeout, and failed).
+        connection.rollback()
         if time.monotonic() > deadline:
             raise SchemaRefused(
                 f"another process has held the schema lock for over {wait_seconds:.0f} s "
