@@ -89,10 +89,6 @@ def fill(connection: Connection, kept: tuple[Kept, ...], ids_per_range: int | No
     return f"filled {names} in {ranges} ranges ({time.perf_counter() - started:.1f} s)"
 
 
-def fill_counts(connection: Connection, ids_per_range: int | None = None) -> str:
-    return fill(connection, COUNTS, ids_per_range)
-
-
 def _ranges(
     dialect: str, table: Kept, edges: Mapping[str, Any], ids_per_range: int | None
 ) -> Iterator[tuple[Any, Any]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from marshmallow import Schema, fields, validate
@@ -14,7 +14,7 @@ from service.db import Database
 from service.money import format_cents
 from service.openapi import documented
 from service.responses import JSONResponse
-from service.timestamps import EARLIEST, LATEST
+from service.timestamps import EARLIEST, LATEST, utc_midnight
 from service.validation import UtcDateTime, load_query
 
 GROUPINGS = ("item", "customer", "day")
@@ -44,11 +44,9 @@ class SalesReportOut(Schema):
 def whole_days(since: datetime, until: datetime) -> tuple[datetime, datetime]:
     """The UTC midnights that bound the whole days in [since, until), for the rollups to answer;
     the rest of the range is read from the purchases. Both are `until` when no day is whole."""
-    midnight = since.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    days_until = until.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if midnight >= days_until:  # (also keeps the day after LATEST's from being computed)
-        return until, until
-    days_from = midnight if midnight == since else midnight + timedelta(days=1)
+    days_from, days_until = utc_midnight(since), utc_midnight(until)
+    if since > days_from and days_from < days_until:  # (never the day after LATEST's)
+        days_from += timedelta(days=1)
     if days_from >= days_until:
         return until, until
     return days_from, days_until
@@ -68,8 +66,7 @@ async def fold_ended_days(db: Database, now: datetime) -> None:
     """PostgreSQL spreads each day's rollups over shards while it is young (see service.tables);
     fold every ended day's into one row per item. (SQLite keeps one row from the start.)"""
     if db.dialect == "postgresql":
-        today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        await db.execute(db.sql.fold_ended_days, {"today": today})
+        await db.execute(db.sql.fold_ended_days, {"today": utc_midnight(now)})
 
 
 _sales_query = SalesQuery()

@@ -297,7 +297,7 @@ def trigger_ddl(dialect: str, kinds: tuple[str, ...] = KEPT) -> list[str]:
 
 
 def trigger_tables(dialect: str, kinds: tuple[str, ...] = KEPT) -> dict[str, str]:
-    """Each keeping trigger's name, and the table it is on (for the drift check and downgrades)."""
+    """Each keeping trigger's name, and the table it is on (for the drift check and drops)."""
     made = re.compile(r"CREATE TRIGGER (\w+) (?:AFTER|BEFORE) [A-Z ]+ ON (\w+)")
     return {match[1]: match[2] for ddl in trigger_ddl(dialect, kinds) for match in made.finditer(ddl)}
 
@@ -316,9 +316,13 @@ def create_triggers(connection: Connection, kinds: tuple[str, ...] = KEPT) -> No
 
 
 def drop_triggers(connection: Connection, kinds: tuple[str, ...] = KEPT) -> None:
-    on_table = connection.dialect.name == "postgresql"  # PostgreSQL names a trigger within its table
-    for name, table in trigger_tables(connection.dialect.name, kinds).items():
+    """Drop the keeping triggers, then (PostgreSQL) their functions."""
+    dialect = connection.dialect.name
+    on_table = dialect == "postgresql"  # PostgreSQL names a trigger within its table
+    for name, table in trigger_tables(dialect, kinds).items():
         connection.execute(text(f"DROP TRIGGER IF EXISTS {name}" + (f" ON {table}" if on_table else "")))
+    for function in trigger_functions(dialect, kinds):
+        connection.execute(text(f"DROP FUNCTION IF EXISTS {function}()"))
 
 
 # Whatever builds the schema from this metadata builds the triggers with it.

@@ -42,3 +42,8 @@ _shown_again = functools.lru_cache(maxsize=4096)(to_text)
 def from_text(value: str) -> datetime:
     """Parse the stored/wire text back into an aware datetime."""
     return datetime.strptime(value, _FORMAT).replace(tzinfo=UTC)
+
+
+def utc_midnight(moment: datetime) -> datetime:
+    """The start of `moment`'s UTC day."""
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -325,6 +325,13 @@ def table_connection(database_url: str) -> Iterator[Any]:
         yield conn
 
 
+def run_sql(database_url: str, *statements: str) -> None:
+    """Statements run on the test's database as an operator would, outside the service."""
+    with table_connection(database_url) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
 def table_counts(database_url: str) -> dict[str, int]:
     """Rows in every table the database has (an older revision lacks the newer tables), read
     straight from the database (not through the service)."""

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from tests.conftest import PASSWORD, POOLED, bearer, live_client, login, register, table_connection
+from tests.conftest import PASSWORD, POOLED, bearer, live_client, login, register, run_sql, table_connection
 
 # A post's counts and a user's, from their rows: what the kept counts must always equal.
 COUNTED_POSTS = """
@@ -41,12 +41,6 @@ SELECT user_id, sum(post_count), sum(follower_count), sum(following_count), min(
        min(follower_count), min(following_count)
 FROM user_counts GROUP BY user_id
 """
-
-
-def run_sql(database_url: str, *statements: str) -> None:
-    with table_connection(database_url) as conn:
-        for statement in statements:
-            conn.execute(statement)
 
 
 def _rows(conn: Any, query: str) -> list[tuple[Any, ...]]:

@@ -30,7 +30,7 @@ from starlette.testclient import TestClient
 from service.apikeys import hash_key
 from service.app import create_app
 from service.config import MigrationPolicy, Settings
-from service.counters import ROLLUPS, fill, fill_counts
+from service.counters import COUNTS, ROLLUPS, Kept, fill
 from service.migrations.schema import (
     SchemaRefused,
     differences,
@@ -52,13 +52,14 @@ from tests.conftest import (
     TEST_SECRET_KEY,
     bearer,
     free_port,
+    run_sql,
     running_service,
     service_env,
     table_connection,
     table_counts,
     wait_until_answering,
 )
-from tests.test_counts import count_errors, run_sql
+from tests.test_counts import count_errors
 from tests.test_rollups import rollup_errors
 
 V1_SCHEMA = Path(__file__).resolve().parent / "schema_v1"
@@ -443,6 +444,37 @@ def test_upgrading_to_kept_counts_fills_them_and_counts_what_the_old_release_wri
         assert profile.json()["following_count"] == 0, profile.text
 
 
+def fill_now(url: str, kept: tuple[Kept, ...], ids_per_range: int) -> str:
+    """Run a revision's fill as the migration does (PostgreSQL: in autocommit, a range at a time)."""
+    with schema_connection(url) as conn:
+        if not url.startswith("sqlite"):
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        said = fill(conn, kept, ids_per_range)
+        conn.commit()
+    return said
+
+
+def fill_while_writing(url: str, kept: tuple[Kept, ...], write: Any, writers: int) -> tuple[str, int]:
+    """Fill in tiny ranges while `writers` threads each run `write(seed, stop)`, which writes until
+    `stop` is set and says how many writes it made; what the fill said, and the writes in all."""
+    stop = threading.Event()
+    writes: list[int] = []
+    threads = [
+        threading.Thread(target=lambda seed=seed: writes.append(write(seed, stop))) for seed in range(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.2)
+        said = fill_now(url, kept, ids_per_range=2)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return said, sum(writes)
+
+
 def test_the_fill_is_exact_while_writers_write_and_when_run_again(fresh_database_url: str) -> None:
     import random
 
@@ -452,13 +484,11 @@ def test_the_fill_is_exact_while_writers_write_and_when_run_again(fresh_database
     run_sql(url, "DELETE FROM post_counts", "DELETE FROM user_counts")  # as before revision 0005
     assert count_errors(url) != []
 
-    stop = threading.Event()
-    written = []
-
-    def write_as_users_do(seed: int) -> None:
+    def write_as_users_do(seed: int, stop: threading.Event) -> int:
         chance = random.Random(seed)
+        mark = "?" if url.startswith("sqlite") else "%s"
+        written = 0
         with table_connection(url) as conn:
-            mark = "?" if url.startswith("sqlite") else "%s"
             while not stop.is_set():
                 user_id, post_id = chance.randint(1, 40), chance.randint(1, 120)
                 table = chance.choice(["likes", "reposts"])
@@ -473,33 +503,16 @@ def test_the_fill_is_exact_while_writers_write_and_when_run_again(fresh_database
                         f"DELETE FROM {table} WHERE user_id = {mark} AND post_id = {mark}", (user_id, post_id)
                     )
                 conn.execute(f"DELETE FROM follows WHERE follower_id = {mark}", (user_id,))
-                written.append(1)
+                written += 1
+        return written
 
-    writers = [threading.Thread(target=write_as_users_do, args=(seed,)) for seed in range(4)]
-    for writer in writers:
-        writer.start()
-    try:
-        with schema_connection(url) as conn:
-            if not url.startswith("sqlite"):
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            time.sleep(0.2)
-            said = fill_counts(conn, ids_per_range=2)
-            conn.commit()
-            time.sleep(0.2)
-    finally:
-        stop.set()
-        for writer in writers:
-            writer.join()
-    assert len(written) > 20 and "ranges" in said
+    said, written = fill_while_writing(url, COUNTS, write_as_users_do, writers=4)
+    assert written > 20 and "ranges" in said
     assert count_errors(url) == []
 
     # Stopped part way (here: half the counts lost), it is run again and is exact again.
     run_sql(url, "DELETE FROM post_counts WHERE post_id % 2 = 0", "UPDATE user_counts SET post_count = 7")
-    with schema_connection(url) as conn:
-        if not url.startswith("sqlite"):
-            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-        fill_counts(conn, ids_per_range=7)
-        conn.commit()
+    fill_now(url, COUNTS, ids_per_range=7)
     assert count_errors(url) == []
 
 
@@ -510,31 +523,16 @@ def test_the_rollups_fill_is_exact_while_purchases_are_recorded_and_deleted(fres
     run_sql(url, "DELETE FROM customer_items", "DELETE FROM daily_sales")  # as before revision 0006
     assert rollup_errors(url) != []
 
-    stop = threading.Event()
-    rounds = []
-
-    def record_and_delete(seed: int) -> None:
+    def record_and_delete(seed: int, stop: threading.Event) -> int:
+        rounds = 0
         while not stop.is_set():
-            add_purchases(url, customers=40, purchases=3, seed=seed + len(rounds))
+            add_purchases(url, customers=40, purchases=3, seed=seed * 1000 + rounds)
             run_sql(url, f"DELETE FROM purchases WHERE id = (SELECT min(id) + {seed} FROM purchases)")
-            rounds.append(1)
+            rounds += 1
+        return rounds
 
-    writers = [threading.Thread(target=record_and_delete, args=(seed,)) for seed in range(3)]
-    for writer in writers:
-        writer.start()
-    try:
-        with schema_connection(url) as conn:
-            if not url.startswith("sqlite"):
-                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-            time.sleep(0.2)
-            said = fill(conn, ROLLUPS, ids_per_range=3)
-            conn.commit()
-            time.sleep(0.2)
-    finally:
-        stop.set()
-        for writer in writers:
-            writer.join()
-    assert len(rounds) > 5 and "filled customer_items, daily_sales" in said
+    said, written = fill_while_writing(url, ROLLUPS, record_and_delete, writers=3)
+    assert written > 5 and "filled customer_items, daily_sales" in said
     assert rollup_errors(url) == []
 
 

@@ -12,8 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from tests.conftest import live_client, make_api_key, table_connection
-from tests.test_counts import run_sql
+from tests.conftest import live_client, make_api_key, run_sql, table_connection
 from tests.test_purchases import purchase
 
 Totals = tuple[int, int, int]  # purchases, quantity, cents

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-from service.counters import fill_counts
+from service.counters import COUNTS, fill
 from service.migrations import outside_transaction
-from service.tables import create_triggers, drop_triggers, trigger_functions
+from service.tables import create_triggers, drop_triggers
 
 revision: str = "0005"
 down_revision: str | None = "0004"
@@ -55,12 +55,10 @@ def upgrade() -> None:
         _counts_table("user_counts", "user_id", "users", "post_count", "follower_count", "following_count")
     create_triggers(op.get_bind(), KINDS)
     with outside_transaction():
-        logging.getLogger("service.migrations").warning("0005: %s", fill_counts(op.get_bind()))
+        logging.getLogger("service.migrations").warning("0005: %s", fill(op.get_bind(), COUNTS))
 
 
 def downgrade() -> None:
     drop_triggers(op.get_bind(), KINDS)
-    for function in trigger_functions(op.get_bind().dialect.name, KINDS):
-        op.execute(f"DROP FUNCTION IF EXISTS {function}()")
     op.drop_table("user_counts")
     op.drop_table("post_counts")

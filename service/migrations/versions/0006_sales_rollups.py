@@ -4,7 +4,7 @@ Revision 0006, after 0005. Sales reports by day and by item read whole days from
 a customer's summary reads customer_items (see service.tables). As in 0005: the tables, then the
 triggers (sql/rollups.<dialect>.sql), so that every purchase from here on is counted, whoever
 records it (the release before this one too, during a rolling deploy); then the fill
-(service.counters): on PostgreSQL a week of days or 20,000 customers at a time, each a short
+(service.counters): on PostgreSQL a day of purchases or 5,000 customers at a time, each a short
 transaction under SHARE locks on purchases (recording a purchase waits for that range), each
 range replaced whole, so an interrupted run is simply run again. On SQLite, in the one migration
 transaction. This release serves once the revision is done; until then the release before serves
@@ -21,7 +21,7 @@ from alembic import op
 
 from service.counters import ROLLUPS, fill
 from service.migrations import outside_transaction
-from service.tables import create_triggers, drop_triggers, trigger_functions
+from service.tables import create_triggers, drop_triggers
 
 revision: str = "0006"
 down_revision: str | None = "0005"
@@ -62,7 +62,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     drop_triggers(op.get_bind(), KINDS)
-    for function in trigger_functions(op.get_bind().dialect.name, KINDS):
-        op.execute(f"DROP FUNCTION IF EXISTS {function}()")
     op.drop_table("customer_items")
     op.drop_table("daily_sales")
