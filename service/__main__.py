@@ -8,10 +8,11 @@ import os
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from typing import Any
 
 from service.bench.scenarios import SCENARIOS
-from service.bench.sizes import SeedSize
+from service.bench.sizes import KINDS, SIZES, chosen_size
 from service.config import SCHEMA_CHECKED, Settings, SettingsError, load_settings
 from service.tables import ROLES, SCOPES
 from service.tracing import checked_exporter, tracing_requested
@@ -20,16 +21,20 @@ GRACEFUL_SHUTDOWN_BACKSTOP_SECONDS = 60
 
 
 def _add_size_options(parser: argparse.ArgumentParser) -> None:
-    """--users N --posts N ...: how much social data to seed (defaults: the limit app's shape)."""
-    defaults = SeedSize()
-    for kind in ("users", "posts", "likes", "reposts", "comments", "follows"):
-        default = getattr(defaults, kind)
+    """--data small|large, then --users N --posts N ... to change any one of them."""
+    parser.add_argument(
+        "--data",
+        choices=list(SIZES),
+        default="small",
+        help="small: the limit app's shape (the default); large: a year of a busy service (see README)",
+    )
+    small, large = SIZES["small"], SIZES["large"]
+    for kind in KINDS:
         parser.add_argument(
             f"--{kind}",
             type=int,
-            default=default,
             metavar="N",
-            help=f"how many {kind} to seed (default {default})",
+            help=f"how many {kind} to seed (small {getattr(small, kind):,}, large {getattr(large, kind):,})",
         )
 
 
@@ -258,24 +263,26 @@ def user(settings: Settings, username: str, role: str) -> int:
 def seed(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
+    from service.migrations.schema import prepare_schema
     from service.seed import SEED_PASSWORD, seed
 
-    counts = {
-        kind: getattr(args, kind) for kind in ("users", "posts", "likes", "reposts", "comments", "follows")
-    }
-    if any(count < 0 for count in counts.values()):
+    size = chosen_size(args)
+    if any(count < 0 for count in asdict(size).values()):
         print("error: counts must not be negative", file=sys.stderr)
         return 2
-
-    async def load(db: Any) -> int:
-        started = time.perf_counter()
-        loaded = await seed(db, SeedSize(**counts), settings.bcrypt_rounds, args.random_seed)
-        took = time.perf_counter() - started
-        print(", ".join(f"{count} {kind}" for kind, count in loaded.items()) + f" in {took:.1f} s")
-        print(f"every seeded user's password is {SEED_PASSWORD!r}", file=sys.stderr)
-        return 0
-
-    return _with_database(settings, load)
+    prepare_schema(settings.schema_database_url, settings.migration_policy)
+    started = time.perf_counter()
+    loaded = seed(
+        settings.schema_database_url,
+        size,
+        settings.bcrypt_rounds,
+        args.random_seed,
+        report=lambda line: print(f"seeded {line}", file=sys.stderr, flush=True),
+    )
+    took = time.perf_counter() - started
+    print(", ".join(f"{count} {kind}" for kind, count in loaded.items()) + f" in {took:.1f} s")
+    print(f"every seeded user's password is {SEED_PASSWORD!r}", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,7 +81,7 @@ def fill(connection: Connection, kept: tuple[Kept, ...], ids_per_range: int | No
     for table in kept:
         for first, end in _ranges(dialect, table, edges, ids_per_range):
             if dialect == "sqlite":
-                _fill_range(connection, queries, table, first, end)
+                fill_range(connection, queries, table, first, end)
             else:
                 _fill_range_in_own_transaction(connection, queries, table, first, end)
             ranges += 1
@@ -110,7 +110,8 @@ def _ranges(
         yield first, first + step
 
 
-def _fill_range(connection: Connection, queries: Queries, table: Kept, first: Any, end: Any) -> None:
+def fill_range(connection: Connection, queries: Queries, table: Kept, first: Any, end: Any) -> None:
+    """Replace what `table` keeps for [first, end) with what the rows say (in the caller's transaction)."""
     bounds = {"first": first, "end": end}
     connection.execute(text(getattr(queries, table.clear).source), bounds)
     connection.execute(text(getattr(queries, table.fill).source), bounds)
@@ -124,7 +125,7 @@ def _fill_range_in_own_transaction(
         connection.exec_driver_sql("BEGIN")
         try:
             connection.execute(text(getattr(queries, table.lock).source))
-            _fill_range(connection, queries, table, first, end)
+            fill_range(connection, queries, table, first, end)
         except DBAPIError as exc:
             connection.exec_driver_sql("ROLLBACK")
             if getattr(exc.orig, "sqlstate", None) not in _TRY_AGAIN or attempt == _RETRIES:

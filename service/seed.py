@@ -1,117 +1,187 @@
-"""`python -m service seed`: a realistic social data set in seconds, for demos and benchmarks.
+"""`python -m service seed`: a data set of any size, made by the database itself.
 
-Python draws the rows (a fixed random seed, so two runs of the same size look alike); each table
-is then filled by one set-based statement per chunk, reading a JSON array. Seeded users are named
+Each table is filled by a few set-based statements (sql/seed.<dialect>.sql) that make rows
+n = 1..N from a series, with every choice arithmetic on n: no row crosses the wire, 5M purchases
+take about a minute on PostgreSQL, and the same sizes make the same data on either database. The
+kept counts and rollups are written by their triggers as for any other write. Each table is
+seeded in one transaction holding its write lock (writers of that table wait; readers do not),
+and its ids are given explicitly from past the highest, so the statements can refer to the rows of
+the tables seeded before them by arithmetic too.
+
+The shape: the newest twenty posts hold most likes; the first seeded user follows up to 5,000
+others (the bench's feed reader); every 250th purchase is one customer's. Seeded users are named
 `s<run>_<n>` and all share the password SEED_PASSWORD, so a demo can sign in as any of them.
 """
 
 from __future__ import annotations
 
-import random
+import math
 import secrets
-from collections.abc import Iterator
-from datetime import timedelta
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
-import orjson
+import bcrypt
+from sqlalchemy import Connection, text
 
-from service.accounts import hash_password
-from service.bench.sizes import SeedSize
-from service.db import Database
-from service.queries import Statement
-from service.timestamps import to_text, utc_now
+from service.bench.sizes import KINDS, SeedSize
+from service.counters import CUSTOMER_ITEMS, DAILY_SALES, POST_COUNTS, USER_COUNTS, fill_range
+from service.migrations.schema import schema_connection
+from service.queries import Queries, load_queries
 
 SEED_PASSWORD = "seed-password"  # noqa: S105 - the published demo password of seeded users
-CHUNK = 20_000
+ROWS_PER_STATEMENT = 500_000
+HOT_POSTS = 20  # the newest posts, which most likes go to
+READER_FOLLOWS = 5_000  # the most the first user follows
+WHALE_EVERY = 250  # every so many purchases are the first customer's
+ITEMS = 50
+DAY = 86_400
 
 
-def _chunks(rows: list[dict[str, Any]]) -> Iterator[str]:
-    for start in range(0, len(rows), CHUNK):
-        yield orjson.dumps(rows[start : start + CHUNK]).decode()
+def coprime_multiplier(pairs: int, random_seed: int) -> int:
+    """A multiplier that walks 0..pairs-1 in a scattered order (coprime to `pairs`)."""
+    if pairs <= 2:
+        return 1
+    candidate = int(pairs * 0.6180339887) + random_seed % max(pairs // 4, 1)
+    while math.gcd(candidate, pairs) != 1:
+        candidate += 1
+    return candidate
 
 
-async def _insert(db: Database, statement: Statement, rows: list[dict[str, Any]]) -> list[int]:
-    ids: list[int] = []
-    for chunk in _chunks(rows):
-        ids.extend(row["id"] for row in await db.fetch_all(statement, {"rows": chunk}))
-    return ids
+class _Seeding:
+    """One seed's transaction: each table's rows, and on PostgreSQL the kept counts and rollups."""
 
+    def __init__(self, connection: Connection, random_seed: int, report: Callable[[str], None]) -> None:
+        self.connection = connection
+        self.queries: Queries = load_queries(connection.dialect.name)
+        self.random_seed = random_seed
+        self.report = report
+        self.now = time.time()
+        self.first: dict[str, int] = {}
 
-async def _insert_all(db: Database, statement: Statement, rows: list[dict[str, Any]]) -> None:
-    for chunk in _chunks(rows):
-        await db.execute(statement, {"rows": chunk})
+    def run(self, name: str, values: dict[str, Any] | None = None) -> Any:
+        return self.connection.execute(text(getattr(self.queries, name).source), values or {})
 
+    def reserve_ids(self, counts: dict[str, int]) -> None:
+        """Ids from past the highest of each table with ids of its own, kept from other writers."""
+        highest = self.run("seed_highest_ids").mappings().one()
+        for table, count in counts.items():
+            self.first[table] = int(highest[table]) + 1
+            if count:
+                self.run("seed_reserve_ids", {"table_name": table, "last_id": self.first[table] + count - 1})
 
-def _pairs(
-    rng: random.Random, count: int, left: list[int], right: list[int], distinct: bool
-) -> set[tuple[int, int]]:
-    """Up to `count` distinct pairs (fewer when there are not that many)."""
-    most = len(left) * len(right) - (min(len(left), len(right)) if distinct else 0)
-    wanted = min(count, most)
-    pairs: set[tuple[int, int]] = set()
-    while len(pairs) < wanted:
-        a, b = rng.choice(left), rng.choice(right)
-        if not distinct or a != b:
-            pairs.add((a, b))
-    return pairs
+    def table(self, table: str, count: int, start: float, span: float, **shape: Any) -> int:
+        """Rows 1..count of `table`, timed evenly over [start, start + span); how many went in."""
+        made = 0
+        if table in self.first:
+            shape["first_id"] = self.first[table]
+        for from_n in range(1, count + 1, ROWS_PER_STATEMENT):
+            to_n = min(from_n + ROWS_PER_STATEMENT - 1, count)
+            values = {"from_n": from_n, "to_n": to_n, "start": start, "step": span / count, **shape}
+            made += self.run(f"seed_{table}", values).rowcount
+            self.report(f"{table}: {made:,} of {count:,}")
+        return made
 
-
-async def seed(db: Database, size: SeedSize, bcrypt_rounds: int, random_seed: int = 42) -> dict[str, int]:
-    """Load a data set of `size`; how many rows of each kind went in."""
-    rng = random.Random(random_seed)
-    run = secrets.token_hex(3)
-    now = utc_now()
-    password_hash = (await hash_password(SEED_PASSWORD, bcrypt_rounds)).decode()
-
-    def moment(seconds_ago: int) -> str:
-        return to_text(now - timedelta(seconds=seconds_ago, microseconds=rng.randrange(1_000_000)))
-
-    user_rows = [
-        {
-            "username": f"s{run}_{n}",
-            "email": f"s{run}_{n}@example.com",
-            "password_hash": password_hash,
-            "created_at": moment(size.posts + n),
+    def fill_kept(self, counts: dict[str, int], first_day: date) -> None:
+        """The counts and rollups of the seeded rows, as their triggers would have kept them."""
+        ranges = {
+            POST_COUNTS: (self.first["posts"], self.first["posts"] + counts["posts"]),
+            USER_COUNTS: (self.first["users"], self.first["users"] + counts["users"]),
+            CUSTOMER_ITEMS: (self.first["customers"], self.first["customers"] + counts["customers"]),
+            DAILY_SALES: (first_day, datetime.fromtimestamp(self.now, UTC).date() + timedelta(days=1)),
         }
-        for n in range(1, size.users + 1)
-    ]
-    user_ids = await _insert(db, db.sql.seed_users, user_rows)
-    post_rows = [
-        {"author_id": rng.choice(user_ids), "content": f"post {n} from the seed", "created_at": moment(n)}
-        for n in range(1, size.posts + 1)
-    ]
-    post_ids = await _insert(db, db.sql.seed_posts, post_rows) if user_ids else []
+        for kept, (first, end) in ranges.items():
+            self.report(f"{kept.table}: filling")
+            fill_range(self.connection, self.queries, kept, first, end)
 
-    def reactions(count: int) -> list[dict[str, Any]]:
-        return [
-            {"user_id": user_id, "post_id": post_id, "created_at": moment(rng.randrange(size.posts or 1))}
-            for user_id, post_id in _pairs(rng, count, user_ids, post_ids, distinct=False)
-        ]
 
-    likes, reposts = reactions(size.likes), reactions(size.reposts)
-    comment_rows = [
-        {
-            "post_id": rng.choice(post_ids),
-            "author_id": rng.choice(user_ids),
-            "body": f"comment {n}",
-            "created_at": moment(rng.randrange(size.posts or 1)),
-        }
-        for n in range(size.comments if post_ids else 0)
-    ]
-    follow_rows = [
-        {"follower_id": a, "followee_id": b, "created_at": moment(rng.randrange(size.posts or 1))}
-        for a, b in _pairs(rng, size.follows, user_ids, user_ids, distinct=True)
-    ]
-    await _insert_all(db, db.sql.seed_likes, likes)
-    await _insert_all(db, db.sql.seed_reposts, reposts)
-    await _insert_all(db, db.sql.seed_comments, comment_rows)
-    await _insert_all(db, db.sql.seed_follows, follow_rows)
-    await db.execute(db.sql.analyze, {})
-    return {
-        "users": len(user_ids),
-        "posts": len(post_ids),
-        "likes": len(likes),
-        "reposts": len(reposts),
-        "comments": len(comment_rows),
-        "follows": len(follow_rows),
+def seed(
+    database_url: str,
+    size: SeedSize,
+    bcrypt_rounds: int,
+    random_seed: int = 42,
+    report: Callable[[str], None] = lambda line: None,
+) -> dict[str, int]:
+    """Load a data set of `size` (capped where the people or posts cannot make that many distinct
+    pairs), in one transaction; how many rows of each kind went in."""
+    users = size.users
+    posts = size.posts if users else 0
+    hot_posts = min(HOT_POSTS, posts // 2)
+    spread_posts = posts - hot_posts
+    hot_likes = min(size.likes * 2 // 3, hot_posts * users)
+    likes = hot_likes + min(size.likes - hot_likes, users * spread_posts) if posts else 0
+    reposts = min(size.reposts, users * posts)
+    comments = size.comments if posts else 0
+    reader_follows = min(size.follows // 2, READER_FOLLOWS, max(users - 1, 0))
+    follows = reader_follows + min(size.follows - reader_follows, (users - 1) ** 2) if users > 1 else 0
+    customers = size.customers
+    purchases = size.purchases if customers else 0
+    with_ids = {
+        "users": users,
+        "posts": posts,
+        "comments": comments,
+        "customers": customers,
+        "purchases": purchases,
     }
+    password_hash = bcrypt.hashpw(SEED_PASSWORD.encode(), bcrypt.gensalt(bcrypt_rounds)).decode()
+    run = secrets.token_hex(3)
+    mix = partial(coprime_multiplier, random_seed=random_seed)
+    made: dict[str, int] = {}
+    with schema_connection(database_url) as connection:
+        connection.commit()  # (what opening it began)
+        s = _Seeding(connection, random_seed, report)
+        month, year = 30 * DAY, 365 * DAY
+        social_start = s.now - month  # posts, likes, ... over the last 30 days; users the 30 before
+        keeps_afterwards = connection.dialect.name == "postgresql"
+        with connection.begin():
+            s.run("seed_lock_tables")
+            s.reserve_ids(with_ids)
+            if keeps_afterwards:
+                s.run("seed_triggers_off")
+                s.run("seed_sort_in_memory")
+            people = {"first_user": s.first["users"], "users": users}
+            people_and_posts = {**people, "first_post": s.first["posts"], "posts": posts}
+            made["users"] = s.table(
+                "users", users, social_start - month, month, prefix=f"s{run}_", password_hash=password_hash
+            )
+            made["posts"] = s.table("posts", posts, social_start, month, mix=mix(users), **people)
+            made["likes"] = s.table(
+                "likes", likes, social_start, month, hot=hot_likes, spread_posts=max(spread_posts, 1),
+                pairs=max(users * spread_posts, 1), mix=mix(users * spread_posts), **people_and_posts,
+            )  # fmt: skip
+            made["reposts"] = s.table(
+                "reposts", reposts, social_start, month, pairs=max(users * posts, 1),
+                mix=coprime_multiplier(users * posts, random_seed + 1), **people_and_posts,
+            )  # fmt: skip
+            made["comments"] = s.table(
+                "comments", comments, social_start, month, mix=mix(posts),
+                mix2=coprime_multiplier(users, random_seed + 1), **people_and_posts,
+            )  # fmt: skip
+            made["follows"] = s.table(
+                "follows", follows, social_start, month, hot=reader_follows, pairs=max((users - 1) ** 2, 1),
+                mix=mix((users - 1) ** 2), **people,
+            )  # fmt: skip
+            made["customers"] = s.table("customers", customers, s.now - year - DAY, DAY, prefix=f"c{run}_")
+            made["purchases"] = s.table(
+                "purchases", purchases, s.now - year, year, first_customer=s.first["customers"],
+                customers=customers, whale_every=WHALE_EVERY, items=ITEMS, mix=mix(max(customers - 1, 1)),
+                mix2=mix(ITEMS),
+            )  # fmt: skip
+            if keeps_afterwards:
+                s.run("seed_triggers_on")
+                s.fill_kept(with_ids, datetime.fromtimestamp(s.now - year, UTC).date())
+        if any(made.values()):
+            s.report("analyze")
+            analyze(connection, s.queries)
+    return {kind: made[kind] for kind in KINDS}
+
+
+def analyze(connection: Connection, queries: Queries) -> None:
+    """Statistics (and on PostgreSQL the visibility map) brought up to date after a bulk load."""
+    if connection.dialect.name == "postgresql":  # VACUUM runs outside a transaction
+        connection.execution_options(isolation_level="AUTOCOMMIT").execute(text(queries.analyze.source))
+    else:
+        with connection.begin():
+            connection.execute(text(queries.analyze.source))

@@ -156,3 +156,4 @@ FROM purchases
 WHERE purchased_at >= (CAST(:first AS timestamp) AT TIME ZONE 'UTC')
   AND purchased_at < (CAST(:end AS timestamp) AT TIME ZONE 'UTC')
 GROUP BY 1, 2
+ORDER BY 1, 2  -- in key order: each insert lands beside the last in the index

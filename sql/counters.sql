@@ -30,6 +30,7 @@ FROM (
     FROM comments WHERE post_id >= :first AND post_id < :end
 ) AS counted
 GROUP BY post_id, shard
+ORDER BY post_id, shard
 
 -- name: clear_user_counts
 -- Forget the kept counts of the users in [first, end), before filling them again.
@@ -51,6 +52,7 @@ FROM (
     FROM follows WHERE follower_id >= :first AND follower_id < :end
 ) AS counted
 GROUP BY user_id, shard
+ORDER BY user_id, shard
 
 -- name: clear_customer_items
 -- Forget the rollups of the customers in [first, end), before filling them again.
@@ -64,6 +66,7 @@ SELECT customer_id, item, count(*), sum(quantity), sum(total_cents)
 FROM purchases
 WHERE customer_id >= :first AND customer_id < :end
 GROUP BY customer_id, item
+ORDER BY customer_id, item  -- in key order: each insert lands beside the last in the index
 
 -- name: clear_daily_sales
 -- Forget the rollups of the days in [first, end), before filling them again.

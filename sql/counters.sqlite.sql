@@ -96,6 +96,7 @@ SELECT substr(purchased_at, 1, 10), item, 0, count(*), sum(quantity), sum(total_
 FROM purchases
 WHERE purchased_at >= :first AND purchased_at < :end
 GROUP BY 1, 2
+ORDER BY 1, 2  -- in key order: each insert lands beside the last in the index
 
 -- name: fill_post_counts
 -- The likes, reposts and comments of the posts in the range, each by its index on post_id, in
@@ -113,6 +114,7 @@ FROM (
     FROM comments WHERE post_id >= :first AND post_id < :end
 ) AS counted
 GROUP BY post_id, shard
+ORDER BY post_id, shard
 
 -- name: fill_user_counts
 -- The posts, followers and followed of the users in the range, each by its own index, in
@@ -130,3 +132,4 @@ FROM (
     FROM follows WHERE follower_id >= :first AND follower_id < :end
 ) AS counted
 GROUP BY user_id, shard
+ORDER BY user_id, shard

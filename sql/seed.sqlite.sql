@@ -1,51 +1,92 @@
+-- Seeding (service.seed), as in seed.postgresql.sql: rows n = :from_n .. :to_n of one table, ids
+-- from :first_id, every choice arithmetic on n, pairs spread by k * :mix % :pairs, moments
+-- :start + n * :step epoch seconds written as the service stores them (microseconds, Z).
+
+-- name: seed_lock_tables
+-- Takes the write lock now (an empty write), so that the ids read next stay free. (The triggers
+-- stay on: SQLite updates a counter row in place, however often.)
+DELETE FROM users WHERE 0
+
+-- name: seed_reserve_ids
+-- (Nothing to move: a row id follows the highest one, and the write lock is held.)
+SELECT :table_name, :last_id
+
 -- name: seed_users
--- Insert many users from a JSON array of users rows; their ids back, in order.
-INSERT INTO users (username, email, password_hash, created_at)
-SELECT json_extract(value, '$.username'), json_extract(value, '$.email'),
-       json_extract(value, '$.password_hash'), json_extract(value, '$.created_at')
-FROM json_each(:rows)
-ORDER BY key
-RETURNING id
+INSERT INTO users (id, username, email, password_hash, created_at)
+WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
+     numbered AS (SELECT n, :start + n * :step AS t FROM g)
+SELECT :first_id + n - 1, :prefix || n, :prefix || n || '@example.com', :password_hash,
+       strftime('%Y-%m-%dT%H:%M:%S', t, 'unixepoch') || printf('.%06dZ', (t - CAST(t AS INTEGER)) * 1000000)
+FROM numbered
 
 -- name: seed_posts
--- Insert many posts from a JSON array of posts rows; their ids back.
-INSERT INTO posts (author_id, content, created_at)
-SELECT json_extract(value, '$.author_id'), json_extract(value, '$.content'), json_extract(value, '$.created_at')
-FROM json_each(:rows)
-ORDER BY key
-RETURNING id
-
--- name: seed_comments
--- Insert many comments from a JSON array of comments rows.
-INSERT INTO comments (post_id, author_id, body, created_at)
-SELECT json_extract(value, '$.post_id'), json_extract(value, '$.author_id'),
-       json_extract(value, '$.body'), json_extract(value, '$.created_at')
-FROM json_each(:rows)
+INSERT INTO posts (id, author_id, content, created_at)
+WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
+     numbered AS (SELECT n, :start + n * :step AS t FROM g)
+SELECT :first_id + n - 1, :first_user + n * :mix % :users, 'post ' || n || ' from the seed',
+       strftime('%Y-%m-%dT%H:%M:%S', t, 'unixepoch') || printf('.%06dZ', (t - CAST(t AS INTEGER)) * 1000000)
+FROM numbered
 
 -- name: seed_likes
--- Insert many likes from a JSON array of likes rows (pairs already present are skipped).
 INSERT INTO likes (user_id, post_id, created_at)
-SELECT json_extract(value, '$.user_id'), json_extract(value, '$.post_id'), json_extract(value, '$.created_at')
-FROM json_each(:rows)
-WHERE true
-ON CONFLICT DO NOTHING
+WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
+     numbered AS (SELECT n, (n - :hot - 1) * :mix % :pairs AS k, :start + n * :step AS t FROM g)
+SELECT CASE WHEN n <= :hot THEN :first_user + (n - 1) % :users ELSE :first_user + k / :spread_posts END,
+       CASE WHEN n <= :hot THEN :first_post + :posts - 1 - (n - 1) / :users
+            ELSE :first_post + k % :spread_posts END,
+       strftime('%Y-%m-%dT%H:%M:%S', t, 'unixepoch') || printf('.%06dZ', (t - CAST(t AS INTEGER)) * 1000000)
+FROM numbered
 
 -- name: seed_reposts
--- Insert many reposts from a JSON array of reposts rows (pairs already present are skipped).
 INSERT INTO reposts (user_id, post_id, created_at)
-SELECT json_extract(value, '$.user_id'), json_extract(value, '$.post_id'), json_extract(value, '$.created_at')
-FROM json_each(:rows)
-WHERE true
-ON CONFLICT DO NOTHING
+WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
+     numbered AS (SELECT n, (n - 1) * :mix % :pairs AS k, :start + n * :step AS t FROM g)
+SELECT :first_user + k / :posts, :first_post + k % :posts,
+       strftime('%Y-%m-%dT%H:%M:%S', t, 'unixepoch') || printf('.%06dZ', (t - CAST(t AS INTEGER)) * 1000000)
+FROM numbered
+
+-- name: seed_comments
+INSERT INTO comments (id, post_id, author_id, body, created_at)
+WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
+     numbered AS (SELECT n, :start + n * :step AS t FROM g)
+SELECT :first_id + n - 1, :first_post + n * :mix % :posts, :first_user + n * :mix2 % :users, 'comment ' || n,
+       strftime('%Y-%m-%dT%H:%M:%S', t, 'unixepoch') || printf('.%06dZ', (t - CAST(t AS INTEGER)) * 1000000)
+FROM numbered
 
 -- name: seed_follows
--- Insert many follows from a JSON array of follows rows (pairs already present are skipped).
 INSERT INTO follows (follower_id, followee_id, created_at)
-SELECT json_extract(value, '$.follower_id'), json_extract(value, '$.followee_id'),
-       json_extract(value, '$.created_at')
-FROM json_each(:rows)
-WHERE true
-ON CONFLICT DO NOTHING
+WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
+     numbered AS (SELECT n, (n - :hot - 1) * :mix % :pairs AS k, :start + n * :step AS t FROM g)
+SELECT CASE WHEN n <= :hot THEN :first_user ELSE :first_user + 1 + k / (:users - 1) END,
+       CASE WHEN n <= :hot THEN :first_user + n
+            WHEN k % (:users - 1) < 1 + k / (:users - 1) THEN :first_user + k % (:users - 1)
+            ELSE :first_user + k % (:users - 1) + 1 END,
+       strftime('%Y-%m-%dT%H:%M:%S', t, 'unixepoch') || printf('.%06dZ', (t - CAST(t AS INTEGER)) * 1000000)
+FROM numbered
+
+-- name: seed_customers
+INSERT INTO customers (id, email, name, revision, created_at, updated_at)
+WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
+     numbered AS (SELECT n, :start + n * :step AS t FROM g),
+     made AS (SELECT n, strftime('%Y-%m-%dT%H:%M:%S', t, 'unixepoch')
+                        || printf('.%06dZ', (t - CAST(t AS INTEGER)) * 1000000) AS moment FROM numbered)
+SELECT :first_id + n - 1, :prefix || n || '@example.com', 'Customer ' || n, 1, moment, moment
+FROM made
+
+-- name: seed_purchases
+INSERT INTO purchases (id, customer_id, item, quantity, unit_price_cents, total_cents, purchased_at,
+                       captured_by, created_at)
+WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
+     numbered AS (SELECT n, :start + n * :step AS t FROM g),
+     drawn AS (SELECT n, 1 + n % 5 AS quantity, 99 + 100 * (n * 7 % 100) AS price,
+                      strftime('%Y-%m-%dT%H:%M:%S', t, 'unixepoch')
+                      || printf('.%06dZ', (t - CAST(t AS INTEGER)) * 1000000) AS moment FROM numbered)
+SELECT :first_id + n - 1,
+       CASE WHEN n % :whale_every = 0 OR :customers = 1 THEN :first_customer
+            ELSE :first_customer + 1 + n * :mix % (:customers - 1) END,
+       'item ' || printf('%02d', 1 + n * :mix2 % :items), quantity, price, quantity * price,
+       moment, 'seed', moment
+FROM drawn
 
 -- name: analyze
 -- Refresh the planner's statistics after a bulk load.

@@ -259,3 +259,34 @@ def test_sweep_steps_double_up_to_the_bound() -> None:
     assert sweep_steps(32) == [1, 2, 4, 8, 16, 32]
     assert sweep_steps(48) == [1, 2, 4, 8, 16, 32, 48]
     assert sweep_steps(1) == [1]
+
+
+LIMIT_APP = Path(__file__).resolve().parents[2] / "shared" / "bench" / "limit_app.py"
+
+
+@pytest.mark.skipif(not LIMIT_APP.is_file(), reason=f"no limit app at {LIMIT_APP}")
+def test_on_data_of_its_own_size_the_limit_app_serves_the_services_rows(
+    client: Any, database_url: str
+) -> None:
+    from service.bench.runner import copy_data_to_limit_app, limit_app_command, server
+    from service.bench.sizes import SeedSize
+    from service.seed import seed
+
+    seed(database_url, SeedSize(users=40, posts=300, likes=1800, reposts=60, comments=200, follows=80), 4)
+    port = free_port()
+    env = {**os.environ, "LIMIT_DB": database_url}
+    probe = f"http://127.0.0.1:{port}/posts?limit=1"
+    with server(limit_app_command(port), env, probe, LIMIT_APP.parent):
+        pass  # its first start makes its tables, and seeds its own rows
+    copy_data_to_limit_app(database_url)
+    with server(limit_app_command(port), env, probe, LIMIT_APP.parent):
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/posts?limit=20") as answer:
+            served = json.load(answer)
+    counted = ("id", "like_count", "repost_count", "comment_count")
+    by_limit_app = [tuple(post[key] for key in counted) for post in served["items"]]
+    listed = client.get("/posts?limit=20").json()["items"]
+    by_service = [tuple(post[key] for key in counted) for post in listed]
+    assert by_limit_app == by_service
+    assert sum(likes for _, likes, _, _ in by_service) == 20 * 40  # each newest post liked by everyone

@@ -331,3 +331,41 @@ def test_a_path_that_cannot_name_a_user_is_404_not_a_database_error(client: Test
     response = client.get(path)
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_feed_past_the_newest_thousand_posts_is_still_every_followed_post(
+    client: TestClient, database_url: str
+) -> None:
+    """On PostgreSQL a page first walks the newest 1,000 posts; one that finds too few followed
+    posts there is answered by each followee's index instead. Either way: exactly the followed
+    posts, newest first."""
+    from service.bench.sizes import SeedSize
+    from service.seed import seed
+
+    seed(database_url, SeedSize(users=60, posts=2400, likes=0, reposts=0, comments=0, follows=0), 4)
+    reader = user(client, "reader")
+    with table_connection(database_url) as conn:
+        quiet, busy = (row[0] for row in conn.execute("SELECT username FROM users ORDER BY id LIMIT 2"))
+    following: list[str] = []
+    for followed in (quiet, busy):
+        assert client.put(f"/users/{followed}/follow", headers=reader).status_code == 204
+        following.append(followed)
+        with table_connection(database_url) as conn:
+            expected = [
+                row[0]
+                for row in conn.execute(
+                    "SELECT p.id FROM posts p JOIN users u ON u.id = p.author_id"
+                    f" WHERE u.username IN ({', '.join(repr(name) for name in following)})"
+                    " ORDER BY p.created_at DESC, p.id DESC"
+                )
+            ]
+        for size in (5, 30):  # one author has about 17 posts in the newest 1,000, two about 33
+            seen: list[int] = []
+            cursor = None
+            while True:
+                params = {"limit": size, **({"cursor": cursor} if cursor else {})}
+                page = client.get("/feed", params=params, headers=reader).json()
+                seen += [p["id"] for p in page["items"]]
+                if (cursor := page["next_cursor"]) is None:
+                    break
+            assert seen == expected, (followed, size)

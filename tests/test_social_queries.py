@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
 from service import social
+from service.bench.sizes import SeedSize
 from service.config import Settings, load_settings
 from service.db import Database, open_database
 from service.migrations.schema import prepare_schema
 from service.postgres_backend import PostgresConnection
-from service.seed import SeedSize, seed
+from service.seed import seed
 from service.sqlite_backend import SQLiteConnection, SQLitePool
 from service.timestamps import utc_now
-from tests.conftest import bearer, login
+from tests.conftest import bearer, login, table_connection
 from tests.test_social import post, user
 
 
@@ -139,10 +140,10 @@ SEEDED = SeedSize(users=1000, posts=10_000, likes=50_000, reposts=10_000, commen
 
 async def _seeded_plans(settings: Settings) -> dict[str, str]:
     prepare_schema(settings.database_url)
+    seed(settings.database_url, SEEDED, bcrypt_rounds=4)
     db: Database = open_database(settings)
     await db.connect()
     try:
-        await seed(db, SEEDED, bcrypt_rounds=4)
         plans = {}
         async with db.connection() as connection:
             raw = connection.raw_connection
@@ -170,40 +171,65 @@ def test_postgres_reads_seeded_posts_through_indexes(postgres_database: str) -> 
         assert "$1" in plan, f"{name}: not the generic plan:\n{plan}"
 
 
-def test_the_seed_command_loads_the_shape_it_is_asked_for(settings: Settings, database_url: str) -> None:
+def test_the_seed_loads_the_shape_it_is_asked_for_with_every_count_and_rollup_exact(
+    settings: Settings, database_url: str
+) -> None:
     from tests.conftest import table_counts
+    from tests.test_counts import count_errors
+    from tests.test_rollups import rollup_errors
 
-    async def run() -> dict[str, int]:
-        prepare_schema(settings.database_url)
-        db = open_database(settings)
-        await db.connect()
-        try:
-            return await seed(
-                db, SeedSize(users=30, posts=200, likes=500, reposts=100, comments=300, follows=50), 4
-            )
-        finally:
-            await db.disconnect()
-
-    loaded = asyncio.run(run())
-    assert loaded == {"users": 30, "posts": 200, "likes": 500, "reposts": 100, "comments": 300, "follows": 50}
-    counts = table_counts(database_url)
-    assert {kind: counts[kind] for kind in loaded} == loaded
+    asked = SeedSize(
+        users=30, posts=200, likes=500, reposts=100, comments=300, follows=50, customers=20, purchases=1000
+    )
+    prepare_schema(settings.database_url)
+    loaded = seed(settings.database_url, asked, 4)
+    assert loaded == asdict(asked)
+    assert {kind: count for kind, count in table_counts(database_url).items() if kind in loaded} == loaded
+    # A second seed lands beside the first (ids past it, its own counts and the same days' rollups).
+    assert seed(settings.database_url, asked, 4, random_seed=7) == loaded
+    twice = {kind: 2 * count for kind, count in loaded.items()}
+    assert {kind: table_counts(database_url)[kind] for kind in loaded} == twice
+    assert count_errors(database_url) == []
+    assert rollup_errors(database_url) == []
 
 
 def test_seeded_users_can_sign_in(client: TestClient, settings: Settings) -> None:
     from service.seed import SEED_PASSWORD
 
-    async def run() -> str:
-        db = open_database(settings)
-        await db.connect()
-        try:
-            await seed(db, SeedSize(users=2, posts=3, likes=1, reposts=1, comments=1, follows=1), 4)
-            row = await db.fetch_one("SELECT username FROM users ORDER BY id LIMIT 1")
-            assert row is not None
-            return str(row[0])
-        finally:
-            await db.disconnect()
-
-    username = asyncio.run(run())
+    seed(settings.database_url, SeedSize(users=2, posts=3, likes=1, reposts=1, comments=1, follows=1), 4)
+    with table_connection(settings.database_url) as conn:
+        username = conn.execute("SELECT username FROM users ORDER BY id LIMIT 1").fetchone()[0]
     token = login(client, username, SEED_PASSWORD)
     assert client.get("/users/me", headers=bearer(token)).json()["username"] == username
+
+
+def test_a_seed_by_the_tables_owner_who_is_no_superuser_keeps_every_count(postgres_database: str) -> None:
+    """Only a superuser may skip the triggers for the whole session; the tables' owner turns the
+    service's off and on again inside the seed's transaction. Both leave the counts exact."""
+    import secrets
+
+    import psycopg
+
+    from tests.test_counts import count_errors
+    from tests.test_rollups import rollup_errors
+
+    owner, name = f"seed_owner_{secrets.token_hex(3)}", f"seed_owned_{secrets.token_hex(3)}"
+    with psycopg.connect(postgres_database, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {owner} LOGIN NOSUPERUSER")
+        admin.execute(f"CREATE DATABASE {name} OWNER {owner}")
+    try:
+        url = postgres_database.rsplit("/", 1)[0].replace("://postgres@", f"://{owner}@") + f"/{name}"
+        prepare_schema(url)
+        size = SeedSize(
+            users=30, posts=200, likes=500, reposts=100, comments=300, follows=50, customers=20, purchases=900
+        )
+        assert seed(url, size, 4) == asdict(size)
+        with psycopg.connect(url) as conn:
+            disabled = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgenabled = 'D'").fetchone()
+        assert disabled == (0,)
+        assert count_errors(url) == []
+        assert rollup_errors(url) == []
+    finally:
+        with psycopg.connect(postgres_database, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            admin.execute(f"DROP ROLE IF EXISTS {owner}")

@@ -45,6 +45,7 @@ from service.bench.report import (
     write_report,
 )
 from service.bench.scenarios import SCENARIOS, Context, Scenario
+from service.bench.sizes import SeedSize, chosen_size
 from service.bench.target import record_customers, seed_through_api, sign_in
 
 # Before a scenario's rounds each server gets this much of its load, unmeasured: pools fill,
@@ -126,27 +127,51 @@ def server(args: list[str], env: dict[str, str], probe: str, cwd: Path) -> Itera
         process.wait(timeout=30)
 
 
-def seed_database(url: str, size: Any) -> str:
-    """Seed the social data set; the username of the seeded user who follows the most others."""
-    from dataclasses import replace
+def limit_app_command(port: int) -> list[str]:
+    """How the limit app is served (from its own folder, LIMIT_DB naming the database)."""
+    return [
+        sys.executable,
+        *("-m", "uvicorn", "limit_app:app", "--port", str(port), "--no-access-log"),
+        *("--log-level", "warning", "--loop", "uvloop", "--http", "httptools"),
+    ]
 
-    from service.config import load_settings
-    from service.db import open_database
-    from service.migrations.schema import prepare_schema
+
+def seed_database(url: str, size: SeedSize, say: Callable[[str], None]) -> str:
+    """Seed `size`; the username of the seeded user who follows the most others."""
+    from sqlalchemy import text
+
+    from service.migrations.schema import prepare_schema, schema_connection
+    from service.queries import load_queries
     from service.seed import seed
 
-    async def run() -> str:
-        prepare_schema(url)
-        db = open_database(replace(load_settings(environ={}, env_file=None), database_url=url))
-        await db.connect()
-        try:
-            await seed(db, size, bcrypt_rounds=4)
-            row = await db.fetch_one(db.sql.busiest_follower, {})
-            return str(row["username"]) if row else ""
-        finally:
-            await db.disconnect()
+    prepare_schema(url)
+    seed(url, size, bcrypt_rounds=4, report=lambda line: say(f"seeding {line}"))
+    with schema_connection(url) as connection:
+        statement = load_queries(connection.dialect.name).busiest_follower
+        row = connection.execute(text(statement.source)).first()
+    return str(row[0]) if row else ""
 
-    return asyncio.run(run())
+
+def copy_data_to_limit_app(url: str) -> None:
+    """Give the limit app the service's rows (after its first start made its tables): on data
+    other than its own seed's, both must serve the same posts, likes and customers."""
+    from sqlalchemy import text
+
+    from service.migrations.schema import schema_connection
+    from service.queries import load_queries
+    from service.seed import analyze
+
+    tables = ("likes", "reposts", "comments", "posts", "users", "purchases", "customers")
+    with schema_connection(url) as connection:
+        connection.commit()
+        queries = load_queries(connection.dialect.name)
+        with connection.begin():
+            for table in tables:
+                connection.execute(text(getattr(queries, f"clear_limit_app_{table}").source))
+            for table in reversed(tables):
+                connection.execute(text(getattr(queries, f"copy_{table}_to_limit_app").source))
+            connection.execute(text(queries.limit_app_next_ids.source))
+        analyze(connection, queries)
 
 
 def prepare(base: str, env: dict[str, str], root: Path, reader: str, say: Callable[[str], None]) -> Context:
@@ -368,8 +393,8 @@ def bench_database(kind: str, options: Any, root: Path, progress: Progress, outc
         return {"service": service_url}
 
     with fresh_database(kind, options.postgres_url) as url, tempfile.TemporaryDirectory() as folder:
-        progress.step(f"{kind}: seeding {options.users} users, {options.posts} posts, {options.likes} likes")
-        reader = seed_database(url, _size(options))
+        size = chosen_size(options)
+        reader = seed_database(url, size, lambda line: progress.step(f"{kind}: {line}"))
         env = {
             **os.environ,
             "DATABASE_URL": url,
@@ -381,18 +406,20 @@ def bench_database(kind: str, options: Any, root: Path, progress: Progress, outc
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         service_args = [sys.executable, "-m", "service", "--port", str(service_port)]
-        limit_args = [
-            sys.executable,
-            *("-m", "uvicorn", "limit_app:app", "--port", str(limit_port), "--no-access-log"),
-            *("--log-level", "warning", "--loop", "uvloop", "--http", "httptools"),
-        ]
+        limit_args = limit_app_command(limit_port)
         with contextlib.ExitStack() as stack:
             progress.step(
                 f"{kind}: starting the service" + (" and the limit app" if compare_with_limit else "")
             )
             service_process = stack.enter_context(server(service_args, env, f"{service_url}/health", root))
             if compare_with_limit:
-                stack.enter_context(server(limit_args, env, f"{limit_url}/posts?limit=1", limit_app.parent))
+                limit_probe = f"{limit_url}/posts?limit=1"
+                if size != SeedSize():  # not the limit app's own seed: it serves the service's rows
+                    with server(limit_args, env, limit_probe, limit_app.parent):
+                        pass  # its first start makes its tables
+                    progress.step(f"{kind}: copying the data to the limit app")
+                    copy_data_to_limit_app(url)
+                stack.enter_context(server(limit_args, env, limit_probe, limit_app.parent))
             ctx = prepare(service_url, env, root, reader, lambda line: progress.step(f"{kind}: {line}"))
             drive_scenarios(kind, targets_of, ctx, options, Path(folder), progress, outcome)
             if options.memory:
@@ -413,19 +440,6 @@ def bench_target(options: Any, progress: Progress, outcome: Outcome) -> None:
         drive_scenarios(
             "target", lambda scenario: {"service": base}, ctx, options, Path(folder), progress, outcome
         )
-
-
-def _size(options: Any) -> Any:
-    from service.bench.sizes import SeedSize
-
-    return SeedSize(
-        users=options.users,
-        posts=options.posts,
-        likes=options.likes,
-        reposts=options.reposts,
-        comments=options.comments,
-        follows=options.follows,
-    )
 
 
 def run_bench(options: Any, root: Path) -> int:

@@ -1,0 +1,51 @@
+-- The limit app (../shared/bench/limit_app.py) on the bench's large data: its own tables (lim_*,
+-- made by its first start) refilled with the service's rows, so that both serve the same data.
+-- service.bench.runner clears them (in this order, for their foreign keys), then copies.
+
+-- name: clear_limit_app_likes
+DELETE FROM lim_likes
+
+-- name: clear_limit_app_reposts
+DELETE FROM lim_reposts
+
+-- name: clear_limit_app_comments
+DELETE FROM lim_comments
+
+-- name: clear_limit_app_posts
+DELETE FROM lim_posts
+
+-- name: clear_limit_app_users
+DELETE FROM lim_users
+
+-- name: clear_limit_app_purchases
+DELETE FROM lim_purchases
+
+-- name: clear_limit_app_customers
+DELETE FROM lim_customers
+
+-- name: copy_users_to_limit_app
+INSERT INTO lim_users (id, username) SELECT id, username FROM users
+
+-- name: copy_posts_to_limit_app
+INSERT INTO lim_posts (id, owner_id, content, created_at) SELECT id, author_id, content, created_at FROM posts
+
+-- name: copy_likes_to_limit_app
+INSERT INTO lim_likes (user_id, post_id) SELECT user_id, post_id FROM likes
+
+-- name: copy_reposts_to_limit_app
+INSERT INTO lim_reposts (user_id, post_id) SELECT user_id, post_id FROM reposts
+
+-- name: copy_comments_to_limit_app
+INSERT INTO lim_comments (id, post_id, author_id, body) SELECT id, post_id, author_id, body FROM comments
+
+-- name: copy_customers_to_limit_app
+INSERT INTO lim_customers (id, email, name, revision, created_at, updated_at)
+SELECT id, email, name, revision, created_at, updated_at FROM customers
+
+-- name: copy_purchases_to_limit_app
+INSERT INTO lim_purchases (id, customer_id, item, quantity, unit_price_cents, purchased_at)
+SELECT id, customer_id, item, quantity, unit_price_cents, purchased_at FROM purchases
+
+-- name: limit_app_next_ids
+-- (SQLite: nothing to do; PostgreSQL moves the sequences past the copied ids.)
+SELECT 1
