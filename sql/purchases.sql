@@ -20,7 +20,7 @@ ORDER BY p.purchased_at DESC, p.id DESC
 LIMIT :limit
 
 -- name: list_purchases_of_customer
--- A page of one customer's purchases in [since, until), newest first (index ix_purchases_customer).
+-- A page of one customer's purchases in [since, until), newest first (index ix_purchases_customer_sales).
 SELECT p.id, p.item, p.quantity, p.unit_price_cents, p.total_cents, p.purchased_at, p.captured_by,
        c.id AS customer_id, c.email AS customer_email, c.name AS customer_name,
        c.created_at AS customer_created_at, c.updated_at AS customer_updated_at

@@ -185,3 +185,15 @@ def test_sales_report_by_item_customer_and_day(authed: TestClient) -> None:
     assert [row["key"] for row in window] == ["2026-11-21"]
     top_one = authed.get("/reports/sales", params={"group_by": "item", "limit": 1}).json()["rows"]
     assert [row["key"] for row in top_one] == ["book"]
+
+
+def test_top_customers_break_ties_on_revenue_by_email_however_many_fit(authed: TestClient) -> None:
+    # Summed per customer before the emails are read: customers tied with the last one on a page
+    # still compete by email, as if the whole list were sorted.
+    emails = ["zed@example.com", "amy@example.com", "max@example.com", "bob@example.com"]
+    record(authed, *(purchase(email, item="pen", unit_price="5", quantity=1) for email in emails))
+    record(authed, purchase("big@example.com", item="pen", unit_price="9", quantity=1))
+    ordered = ["big@example.com", "amy@example.com", "bob@example.com", "max@example.com", "zed@example.com"]
+    for limit in range(1, 6):
+        rows = authed.get("/reports/sales", params={"group_by": "customer", "limit": limit}).json()["rows"]
+        assert [row["key"] for row in rows] == ordered[:limit], limit
