@@ -102,6 +102,7 @@ FROM generate_series(CAST(:from_n AS bigint), CAST(:to_n AS bigint)) AS n,
      LATERAL (SELECT (n - :hot - 1) * :mix % :pairs AS k) AS spread
 
 -- name: seed_customers
+-- Customers c<run>_<n>@example.com, made over the day before the purchases begin.
 INSERT INTO customers (id, email, name, revision, created_at, updated_at)
 SELECT :first_id + n - 1, :prefix || n || '@example.com', 'Customer ' || n, 1, moment, moment
 FROM generate_series(CAST(:from_n AS bigint), CAST(:to_n AS bigint)) AS n,

@@ -12,6 +12,7 @@ DELETE FROM users WHERE 0
 SELECT :table_name, :last_id
 
 -- name: seed_users
+-- Users s<run>_<n>, the first the one who follows most (see seed_follows).
 INSERT INTO users (id, username, email, password_hash, created_at)
 WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
      numbered AS (SELECT n, :start + n * :step AS t FROM g)
@@ -20,6 +21,7 @@ SELECT :first_id + n - 1, :prefix || n, :prefix || n || '@example.com', :passwor
 FROM numbered
 
 -- name: seed_posts
+-- Posts oldest first, by authors spread over the seeded users.
 INSERT INTO posts (id, author_id, content, created_at)
 WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
      numbered AS (SELECT n, :start + n * :step AS t FROM g)
@@ -28,6 +30,8 @@ SELECT :first_id + n - 1, :first_user + n * :mix % :users, 'post ' || n || ' fro
 FROM numbered
 
 -- name: seed_likes
+-- The first :hot likes go to the :hot_posts newest posts (a user each, in turn); the rest are
+-- distinct pairs of a user and one of the other posts.
 INSERT INTO likes (user_id, post_id, created_at)
 WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
      numbered AS (SELECT n, (n - :hot - 1) * :mix % :pairs AS k, :start + n * :step AS t FROM g)
@@ -38,6 +42,7 @@ SELECT CASE WHEN n <= :hot THEN :first_user + (n - 1) % :users ELSE :first_user 
 FROM numbered
 
 -- name: seed_reposts
+-- Distinct pairs of a user and a post.
 INSERT INTO reposts (user_id, post_id, created_at)
 WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
      numbered AS (SELECT n, (n - 1) * :mix % :pairs AS k, :start + n * :step AS t FROM g)
@@ -46,6 +51,7 @@ SELECT :first_user + k / :posts, :first_post + k % :posts,
 FROM numbered
 
 -- name: seed_comments
+-- Comments on posts and by authors spread over the seeded ones.
 INSERT INTO comments (id, post_id, author_id, body, created_at)
 WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
      numbered AS (SELECT n, :start + n * :step AS t FROM g)
@@ -54,6 +60,8 @@ SELECT :first_id + n - 1, :first_post + n * :mix % :posts, :first_user + n * :mi
 FROM numbered
 
 -- name: seed_follows
+-- The first :hot follows are the first user following the next ones; the rest are distinct pairs
+-- of two other users.
 INSERT INTO follows (follower_id, followee_id, created_at)
 WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
      numbered AS (SELECT n, (n - :hot - 1) * :mix % :pairs AS k, :start + n * :step AS t FROM g)
@@ -65,6 +73,7 @@ SELECT CASE WHEN n <= :hot THEN :first_user ELSE :first_user + 1 + k / (:users -
 FROM numbered
 
 -- name: seed_customers
+-- Customers c<run>_<n>@example.com, made over the day before the purchases begin.
 INSERT INTO customers (id, email, name, revision, created_at, updated_at)
 WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
      numbered AS (SELECT n, :start + n * :step AS t FROM g),
@@ -74,6 +83,8 @@ SELECT :first_id + n - 1, :prefix || n || '@example.com', 'Customer ' || n, 1, m
 FROM made
 
 -- name: seed_purchases
+-- Purchases oldest first; every :whale_every-th is the first customer's, the others spread over
+-- the rest; :items items, one to five of each, at one of a hundred prices.
 INSERT INTO purchases (id, customer_id, item, quantity, unit_price_cents, total_cents, purchased_at,
                        captured_by, created_at)
 WITH RECURSIVE g(n) AS (SELECT :from_n UNION ALL SELECT n + 1 FROM g WHERE n < :to_n),
