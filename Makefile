@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format bench clean
+.PHONY: run test check lint format bench clean
 
 run: $(VENV)/.installed-run  ## serve on SQLite at ./data/ (no configuration needed)
 	SHUTDOWN_GRACE_SECONDS=$${SHUTDOWN_GRACE_SECONDS:-0} $(BIN)/python -m service
 
 test: $(VENV)/.installed-test  ## the whole test suite (PostgreSQL too when TEST_DATABASE_URL is set)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: lint  ## the quick loop: lint, then the tests that need nothing but SQLite (no servers, no image)
+	env -u TEST_DATABASE_URL -u REQUIRE_POSTGRES $(BIN)/python -m pytest -q -m "not slow" -rfE --durations=10 $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test  ## ruff and mypy, as CI runs them
 	$(BIN)/ruff check service tests bench

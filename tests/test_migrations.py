@@ -600,6 +600,7 @@ def _prepare_after(barrier: Any, url: str) -> None:
     prepare_schema(url)
 
 
+@pytest.mark.slow  # starts worker processes
 def test_workers_starting_at_once_on_a_new_database_create_it_once_at_head(
     fresh_database_url: str, backend: str, tmp_path: Path
 ) -> None:
