@@ -27,7 +27,7 @@ import bcrypt
 from sqlalchemy import Connection, text
 
 from service.bench.sizes import KINDS, SeedSize
-from service.counters import CUSTOMER_ITEMS, DAILY_SALES, POST_COUNTS, USER_COUNTS, fill_range
+from service.counters import CUSTOMER_ITEMS, DAILY_SALES, POST_COUNTS, USER_COUNTS, Kept, fill_range
 from service.migrations.schema import schema_connection
 from service.queries import Queries, load_queries
 
@@ -53,10 +53,9 @@ def coprime_multiplier(pairs: int, random_seed: int) -> int:
 class _Seeding:
     """One seed's transaction: each table's rows, and on PostgreSQL the kept counts and rollups."""
 
-    def __init__(self, connection: Connection, random_seed: int, report: Callable[[str], None]) -> None:
+    def __init__(self, connection: Connection, report: Callable[[str], None]) -> None:
         self.connection = connection
         self.queries: Queries = load_queries(connection.dialect.name)
-        self.random_seed = random_seed
         self.report = report
         self.now = time.time()
         self.first: dict[str, int] = {}
@@ -85,13 +84,16 @@ class _Seeding:
         return made
 
     def fill_kept(self, counts: dict[str, int], first_day: date) -> None:
-        """The counts and rollups of the seeded rows, as their triggers would have kept them."""
-        ranges = {
-            POST_COUNTS: (self.first["posts"], self.first["posts"] + counts["posts"]),
-            USER_COUNTS: (self.first["users"], self.first["users"] + counts["users"]),
-            CUSTOMER_ITEMS: (self.first["customers"], self.first["customers"] + counts["customers"]),
-            DAILY_SALES: (first_day, datetime.fromtimestamp(self.now, UTC).date() + timedelta(days=1)),
-        }
+        """The counts and rollups of the seeded rows, as their triggers would have kept them (the
+        seeded posts' and users', the seeded customers' and the days their purchases fell on)."""
+        ranges: dict[Kept, tuple[Any, Any]] = {}
+        if counts["users"]:
+            ranges[POST_COUNTS] = (self.first["posts"], self.first["posts"] + counts["posts"])
+            ranges[USER_COUNTS] = (self.first["users"], self.first["users"] + counts["users"])
+        if counts["purchases"]:
+            ranges[CUSTOMER_ITEMS] = (self.first["customers"], self.first["customers"] + counts["customers"])
+            today = datetime.fromtimestamp(self.now, UTC).date()
+            ranges[DAILY_SALES] = (first_day, today + timedelta(days=1))
         for kept, (first, end) in ranges.items():
             self.report(f"{kept.table}: filling")
             fill_range(self.connection, self.queries, kept, first, end)
@@ -131,7 +133,7 @@ def seed(
     made: dict[str, int] = {}
     with schema_connection(database_url) as connection:
         connection.commit()  # (what opening it began)
-        s = _Seeding(connection, random_seed, report)
+        s = _Seeding(connection, report)
         month, year = 30 * DAY, 365 * DAY
         social_start = s.now - month  # posts, likes, ... over the last 30 days; users the 30 before
         keeps_afterwards = connection.dialect.name == "postgresql"
