@@ -26,6 +26,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from service.queries import Queries, load_queries
+from service.tables import COUNTER_SHARDS
 
 log = logging.getLogger("service.counters")
 
@@ -112,7 +113,8 @@ def _ranges(
 
 def fill_range(connection: Connection, queries: Queries, table: Kept, first: Any, end: Any) -> None:
     """Replace what `table` keeps for [first, end) with what the rows say (in the caller's transaction)."""
-    bounds = {"first": first, "end": end}
+    shards = COUNTER_SHARDS if connection.dialect.name == "postgresql" else 1  # SQLite: shard 0 only
+    bounds = {"first": first, "end": end, "shards": shards}
     connection.execute(text(getattr(queries, table.clear).source), bounds)
     connection.execute(text(getattr(queries, table.fill).source), bounds)
 

@@ -59,7 +59,3 @@ SELECT id, email, name, revision, created_at, updated_at FROM customers
 -- The service's purchases, as the limit app's.
 INSERT INTO lim_purchases (id, customer_id, item, quantity, unit_price_cents, purchased_at)
 SELECT id, customer_id, item, quantity, unit_price_cents, purchased_at FROM purchases
-
--- name: limit_app_next_ids
--- (SQLite: nothing to do; PostgreSQL moves the sequences past the copied ids.)
-SELECT 1

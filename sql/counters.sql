@@ -1,6 +1,7 @@
 -- Filling the kept counts and rollups from the rows already there (revisions 0005 and 0006): one range of ids
--- at a time, each replacing whatever the range held. service.counters runs them; 16 is
--- tables.COUNTER_SHARDS, and a row lands in the shard its trigger would have picked.
+-- at a time, each replacing whatever the range held. service.counters runs them, with :shards
+-- tables.COUNTER_SHARDS on PostgreSQL and 1 on SQLite (which keeps every count in shard 0), so that
+-- a row lands in the shard its trigger would have picked.
 
 -- name: highest_ids
 -- Where the ranges of ids end, and the first and last moments purchases were made.
@@ -20,13 +21,13 @@ WHERE post_id >= :first AND post_id < :end
 INSERT INTO post_counts (post_id, shard, like_count, repost_count, comment_count)
 SELECT post_id, shard, sum(liked), sum(reposted), sum(commented)
 FROM (
-    SELECT post_id, user_id % 16 AS shard, 1 AS liked, 0 AS reposted, 0 AS commented
+    SELECT post_id, user_id % :shards AS shard, 1 AS liked, 0 AS reposted, 0 AS commented
     FROM likes WHERE post_id >= :first AND post_id < :end
     UNION ALL
-    SELECT post_id, user_id % 16, 0, 1, 0
+    SELECT post_id, user_id % :shards, 0, 1, 0
     FROM reposts WHERE post_id >= :first AND post_id < :end
     UNION ALL
-    SELECT post_id, id % 16, 0, 0, 1
+    SELECT post_id, id % :shards, 0, 0, 1
     FROM comments WHERE post_id >= :first AND post_id < :end
 ) AS counted
 GROUP BY post_id, shard
@@ -42,13 +43,13 @@ WHERE user_id >= :first AND user_id < :end
 INSERT INTO user_counts (user_id, shard, post_count, follower_count, following_count)
 SELECT user_id, shard, sum(posted), sum(followed_by), sum(following)
 FROM (
-    SELECT author_id AS user_id, id % 16 AS shard, 1 AS posted, 0 AS followed_by, 0 AS following
+    SELECT author_id AS user_id, id % :shards AS shard, 1 AS posted, 0 AS followed_by, 0 AS following
     FROM posts WHERE author_id >= :first AND author_id < :end
     UNION ALL
-    SELECT followee_id, follower_id % 16, 0, 1, 0
+    SELECT followee_id, follower_id % :shards, 0, 1, 0
     FROM follows WHERE followee_id >= :first AND followee_id < :end
     UNION ALL
-    SELECT follower_id, followee_id % 16, 0, 0, 1
+    SELECT follower_id, followee_id % :shards, 0, 0, 1
     FROM follows WHERE follower_id >= :first AND follower_id < :end
 ) AS counted
 GROUP BY user_id, shard

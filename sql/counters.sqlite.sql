@@ -97,39 +97,3 @@ FROM purchases
 WHERE purchased_at >= :first AND purchased_at < :end
 GROUP BY 1, 2
 ORDER BY 1, 2  -- in key order: each insert lands beside the last in the index
-
--- name: fill_post_counts
--- The likes, reposts and comments of the posts in the range, each by its index on post_id, in
--- shard 0 (see the triggers above).
-INSERT INTO post_counts (post_id, shard, like_count, repost_count, comment_count)
-SELECT post_id, shard, sum(liked), sum(reposted), sum(commented)
-FROM (
-    SELECT post_id, 0 AS shard, 1 AS liked, 0 AS reposted, 0 AS commented
-    FROM likes WHERE post_id >= :first AND post_id < :end
-    UNION ALL
-    SELECT post_id, 0, 0, 1, 0
-    FROM reposts WHERE post_id >= :first AND post_id < :end
-    UNION ALL
-    SELECT post_id, 0, 0, 0, 1
-    FROM comments WHERE post_id >= :first AND post_id < :end
-) AS counted
-GROUP BY post_id, shard
-ORDER BY post_id, shard
-
--- name: fill_user_counts
--- The posts, followers and followed of the users in the range, each by its own index, in
--- shard 0.
-INSERT INTO user_counts (user_id, shard, post_count, follower_count, following_count)
-SELECT user_id, shard, sum(posted), sum(followed_by), sum(following)
-FROM (
-    SELECT author_id AS user_id, 0 AS shard, 1 AS posted, 0 AS followed_by, 0 AS following
-    FROM posts WHERE author_id >= :first AND author_id < :end
-    UNION ALL
-    SELECT followee_id, 0, 0, 1, 0
-    FROM follows WHERE followee_id >= :first AND followee_id < :end
-    UNION ALL
-    SELECT follower_id, 0, 0, 0, 1
-    FROM follows WHERE follower_id >= :first AND follower_id < :end
-) AS counted
-GROUP BY user_id, shard
-ORDER BY user_id, shard

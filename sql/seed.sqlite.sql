@@ -7,10 +7,6 @@
 -- stay on: SQLite updates a counter row in place, however often.)
 DELETE FROM users WHERE 0
 
--- name: seed_reserve_ids
--- (Nothing to move: a row id follows the highest one, and the write lock is held.)
-SELECT :table_name, :last_id
-
 -- name: seed_users
 -- Users s<run>_<n>, the first the one who follows most (see seed_follows).
 INSERT INTO users (id, username, email, password_hash, created_at)

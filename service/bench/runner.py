@@ -170,7 +170,8 @@ def copy_data_to_limit_app(url: str) -> None:
                 connection.execute(text(getattr(queries, f"clear_limit_app_{table}").source))
             for table in reversed(tables):
                 connection.execute(text(getattr(queries, f"copy_{table}_to_limit_app").source))
-            connection.execute(text(queries.limit_app_next_ids.source))
+            if connection.dialect.name == "postgresql":  # (SQLite's row ids follow the highest)
+                connection.execute(text(queries.limit_app_next_ids.source))
         analyze(connection, queries)
 
 
