@@ -46,6 +46,8 @@ class DatabaseLimits:
     statement_timeout_ms: int = 5000
     # Reports (statements marked `-- limit: report`) read a range of rows: a year's may take longer.
     report_statement_timeout_ms: int = 30000
+    # Group commit (service.group_commit): the most writes one statement carries; 1 turns it off.
+    group_commit_max: int = 1000
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class Settings:
     login_failures_per_address: int
     rate_limit_api_key: int
     rate_limit_user: int
+    group_commit_max: int
 
     @property
     def is_sqlite(self) -> bool:
@@ -113,6 +116,7 @@ class Settings:
             lock_timeout_ms=self.db_lock_timeout_ms,
             statement_timeout_ms=self.db_statement_timeout_ms,
             report_statement_timeout_ms=self.report_statement_timeout_ms,
+            group_commit_max=self.group_commit_max,
         )
 
     @property
@@ -240,6 +244,12 @@ SETTINGS_DOC: list[tuple[str, str, str]] = [
         "RATE_LIMIT_USER",
         "0 (off)",
         "the same for each signed-in user",
+    ),
+    (
+        "GROUP_COMMIT_MAX",
+        "1000",
+        "the most single purchases a worker sends to the database in one statement (group commit;"
+        " 1: each alone)",
     ),
     (
         "MIGRATE_ON_START",
@@ -418,6 +428,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
             config, "RATE_LIMIT_API_KEY", _integer("RATE_LIMIT_API_KEY", 0, 1_000_000), "0"
         ),
         rate_limit_user=_read(config, "RATE_LIMIT_USER", _integer("RATE_LIMIT_USER", 0, 1_000_000), "0"),
+        group_commit_max=_read(config, "GROUP_COMMIT_MAX", _integer("GROUP_COMMIT_MAX", 1, 1000), "1000"),
     )
     if settings.behind_transaction_pooler and not settings.migration_database_url:
         # Through transaction pooling the schema step's session lock would not be exclusive.

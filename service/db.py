@@ -43,6 +43,9 @@ class Database(databases.Database):
         self.sql = queries or load_queries(self.dialect)
         self.writer_turns = WriterTurns(limits.lock_timeout_ms / 1000)
         self.replicas: ReplicaSet | None = None
+        # This worker's group commits by kind (service.group_commit), made by their domains.
+        self.group_commits: dict[str, Any] = {}
+        self.group_commit_max = limits.group_commit_max
 
     async def connect(self) -> None:
         await super().connect()

@@ -65,6 +65,17 @@ REPLICA_USABLE = Gauge(
     ["replica"],
     multiprocess_mode="max",
 )
+GROUP_SIZE = Histogram(
+    "db_group_commit_size",
+    "Writes sent to the database together by group commit (one observation a flush), by kind.",
+    ["kind"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+)
+GROUP_FALLBACKS = Counter(
+    "db_group_commit_fallbacks_total",
+    "Groups whose shared statement failed and whose members were then written one at a time, by kind.",
+    ["kind"],
+)
 POOL_OPEN = Gauge("db_pool_connections_open", "Database connections open.", multiprocess_mode="livesum")
 POOL_IN_USE = Gauge(
     "db_pool_connections_in_use",
@@ -109,6 +120,14 @@ def observe_replicas(replicas: Any) -> None:
         lag = -1.0 if replica.lag_seconds is None else replica.lag_seconds
         REPLICA_LAG.labels(replica.name).set(lag)
         REPLICA_USABLE.labels(replica.name).set(1 if replica.usable else 0)
+
+
+def observe_group(kind: str, size: int) -> None:
+    GROUP_SIZE.labels(kind).observe(size)
+
+
+def observe_group_fallback(kind: str) -> None:
+    GROUP_FALLBACKS.labels(kind).inc()
 
 
 def observe_pool(open_connections: int, in_use: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -14,9 +15,12 @@ from starlette.responses import Response
 from service.access import checks_key_itself
 from service.auth import Caller, PresentedApiKey, check_api_key, database, key_not_live
 from service.customers import CustomerOut, customer_json, require_customer
-from service.db import Database
+from service.db import Database, is_database_unavailable
 from service.errors import Problem
+from service.group_commit import GroupCommit
 from service.idempotency import StoredResponse, idempotency_key, request_fingerprint, run_once
+from service.limits import OVERLOADED, POOL_TIMEOUT, limit_reached
+from service.metrics import observe_group_fallback
 from service.money import CURRENCY, Price, format_cents
 from service.openapi import documented
 from service.pagination import Page, PageQuery, page_of
@@ -132,6 +136,13 @@ def _purchase_values(purchase: Mapping[str, Any], captured_by: str | None, now: 
     }
 
 
+def _credential(caller: Caller | PresentedApiKey) -> dict[str, str | None]:
+    """How a write's statement names its writer: a known caller, or an API key to check there."""
+    if isinstance(caller, Caller):
+        return {"captured_by": caller.captured_by, "key_hash": None, "scope": None}
+    return {"captured_by": None, "key_hash": caller.key_hash, "scope": caller.scope}
+
+
 async def record_purchase(
     db: Database, purchase: Mapping[str, Any], caller: Caller | PresentedApiKey
 ) -> dict[str, Any]:
@@ -141,39 +152,140 @@ async def record_purchase(
     fails nothing is written, and the route answers 401 or 403 (see access.checks_key_itself).
     """
     now = utc_now()
-    customer = {"email": purchase["customer"]["email"], "name": purchase["customer"]["name"], "now": now}
-    key: dict[str, str | None]
-    if isinstance(caller, Caller):
-        key = {"key_hash": None, "scope": None}
-        captured_by = caller.captured_by
-    else:
-        key = {"key_hash": caller.key_hash, "scope": caller.scope}
-        captured_by = None
-    values = _purchase_values(purchase, captured_by, now)
     if "record_purchase" in db.sql:
         # PostgreSQL: the key check, the upsert and the insert reach the server as one statement.
-        row = await db.fetch_one(db.sql.record_purchase, {**customer, **values, **key})
+        values = _purchase_values(purchase, None, now)
+        row = await db.fetch_one(
+            db.sql.record_purchase,
+            {
+                **values,
+                **_credential(caller),
+                "email": purchase["customer"]["email"],
+                "name": purchase["customer"]["name"],
+            },
+        )
         if row is None:
             raise key_not_live()  # or 403, if the key is live but lacks the scope: access.guarded
         return dict(row)
     # SQLite: the upsert and the insert each check the key, in one hop to the connection's thread.
-    upserted_rows, inserted_rows = await db.fetch_all_atomically(
-        [
-            (db.sql.upsert_customer, {**customer, **key}),
-            (db.sql.insert_purchase, {**values, **key, "email": customer["email"]}),
-        ]
-    )
-    if not inserted_rows:
+    steps = _sqlite_purchase_steps(db, purchase, caller, now)
+    upserted_rows, inserted_rows = await db.fetch_all_atomically(steps)
+    answer = _sqlite_purchase_answer(steps, upserted_rows, inserted_rows)
+    if answer is None:
         raise key_not_live()
+    return answer
+
+
+def _sqlite_purchase_steps(
+    db: Database, purchase: Mapping[str, Any], caller: Caller | PresentedApiKey, now: datetime
+) -> list[tuple[Any, dict[str, Any]]]:
+    """SQLite's two statements for one purchase: upsert the customer, then append the purchase."""
+    credential = _credential(caller)
+    customer = {"email": purchase["customer"]["email"], "name": purchase["customer"]["name"], "now": now}
+    values = _purchase_values(purchase, credential["captured_by"], now)
+    return [
+        (db.sql.upsert_customer, {**customer, **credential}),
+        (db.sql.insert_purchase, {**values, **credential, "email": customer["email"]}),
+    ]
+
+
+def _sqlite_purchase_answer(
+    steps: list[tuple[Any, dict[str, Any]]], upserted_rows: list[Any], inserted_rows: list[Any]
+) -> dict[str, Any] | None:
+    """The stored purchase from what SQLite's two statements returned; None when the key was not live."""
+    if not inserted_rows:
+        return None
     [upserted], [inserted] = upserted_rows, inserted_rows
-    values["captured_by"] = inserted["captured_by"]
     return {
-        **values,
+        **steps[1][1],
         **{f"customer_{key}": upserted[key] for key in ("id", "email", "name", "created_at", "updated_at")},
         "revision": upserted["revision"],
         "id": inserted["id"],
         "purchased_at": inserted["purchased_at"],
+        "captured_by": inserted["captured_by"],
     }
+
+
+Member = tuple[Mapping[str, Any], "Caller | PresentedApiKey"]
+
+
+def purchase_group(db: Database) -> GroupCommit[Member, dict[str, Any]]:
+    """This worker's group commit for single purchases (one per database, made when first used)."""
+    group = db.group_commits.get("purchase")
+    if group is None:
+        group = GroupCommit(
+            "purchase",
+            lambda members: record_purchase_group(db, members),
+            cap=db.group_commit_max,
+            tracer=getattr(db, "tracer", None),
+        )
+        db.group_commits["purchase"] = group
+    return group
+
+
+async def capture_purchase(
+    db: Database, purchase: Mapping[str, Any], caller: Caller | PresentedApiKey
+) -> dict[str, Any]:
+    """`record_purchase`, sent together with the other purchases waiting in this worker."""
+    if db.group_commit_max == 1:  # group commit off: each purchase its own statement, at once
+        return await record_purchase(db, purchase, caller)
+    return await purchase_group(db).submit((purchase, caller))
+
+
+async def record_purchase_group(db: Database, members: list[Member]) -> list[Any]:
+    """Write a group of purchases (no customer twice) in one statement on PostgreSQL, one
+    transaction on SQLite; each member's row, or its own error (an API key not live: 401).
+
+    If the shared write fails (a customer locked past the lock limit, a value the database refuses),
+    the members are written one at a time instead, each with its own outcome, so that one bad row
+    never fails its neighbours. Not when the database is out of reach or its pool full: then every
+    member gets that error, as one statement each would.
+    """
+    if len(members) == 1:
+        return [await record_purchase(db, *members[0])]
+    try:
+        if "record_purchases" in db.sql:
+            return await _record_group_in_one_statement(db, members)
+        return await _record_group_in_one_hop(db, members)
+    except Exception as exc:
+        if is_database_unavailable(exc) or limit_reached(exc) in (POOL_TIMEOUT, OVERLOADED):
+            raise
+        observe_group_fallback("purchase")
+        one_at_a_time = [record_purchase(db, purchase, caller) for purchase, caller in members]
+        return list(await asyncio.gather(*one_at_a_time, return_exceptions=True))
+
+
+async def _record_group_in_one_statement(db: Database, members: list[Member]) -> list[Any]:
+    """PostgreSQL: the group's columns as arrays, its rows back keyed by customer email."""
+    credentials = [_credential(caller) for _, caller in members]
+    rows = await db.fetch_all(
+        db.sql.record_purchases,
+        {
+            "emails": [purchase["customer"]["email"] for purchase, _ in members],
+            "names": [purchase["customer"]["name"] for purchase, _ in members],
+            "items": [purchase["item"] for purchase, _ in members],
+            "quantities": [purchase["quantity"] for purchase, _ in members],
+            "unit_prices_cents": [purchase["unit_price"] for purchase, _ in members],
+            "purchased_ats": [purchase["purchased_at"] for purchase, _ in members],
+            "captured_bys": [credential["captured_by"] for credential in credentials],
+            "key_hashes": [credential["key_hash"] for credential in credentials],
+            "scopes": [credential["scope"] for credential in credentials],
+            "now": utc_now(),
+        },
+    )
+    by_email = {row["customer_email"]: dict(row) for row in rows}
+    return [by_email.get(purchase["customer"]["email"]) or key_not_live() for purchase, _ in members]
+
+
+async def _record_group_in_one_hop(db: Database, members: list[Member]) -> list[Any]:
+    """SQLite: every member's two statements in one transaction, in one hop to the writer's thread."""
+    now = utc_now()
+    steps = [_sqlite_purchase_steps(db, purchase, caller, now) for purchase, caller in members]
+    results = await db.fetch_all_atomically([step for pair in steps for step in pair])
+    return [
+        _sqlite_purchase_answer(pair, results[2 * n], results[2 * n + 1]) or key_not_live()
+        for n, pair in enumerate(steps)
+    ]
 
 
 async def record_batch(db: Database, purchases: list[Mapping[str, Any]], captured_by: str) -> dict[str, Any]:
@@ -318,9 +430,12 @@ async def create_purchase(request: Request, caller: Caller | PresentedApiKey) ->
     body = await read_json(request)
     purchase = fast_load(_purchase_loader, body)
     db = database(request)
+    # With an Idempotency-Key the claim, the write and the stored answer are one transaction of
+    # their own; without one the purchase is grouped with the others waiting in this worker.
+    record = record_purchase if idempotency_key(request) else capture_purchase
 
     async def work(writer: Caller | PresentedApiKey) -> StoredResponse:
-        row = await record_purchase(db, purchase, writer)
+        row = await record(db, purchase, writer)
         return StoredResponse(201, orjson.dumps(purchase_json(row)), f"/purchases/{row['id']}")
 
     # One purchase per customer at a time in this worker: they would queue on the customer's row

@@ -67,3 +67,54 @@ WITH customer AS (
 SELECT (SELECT count(*) FROM customer WHERE revision = 1) AS customers_created,
        (SELECT count(*) FROM customer WHERE revision > 1) AS customers_updated,
        (SELECT array_agg(id ORDER BY id) FROM purchase) AS ids
+
+-- name: record_purchases
+-- A group of single purchases from different callers in one statement (group commit, see
+-- service.group_commit): each row as record_purchase would write it, with its own caller (known,
+-- :captured_bys, or an API key checked here by :key_hashes and :scopes) and its own answer. No
+-- email comes twice in a group. A row whose key is not live with its scope writes nothing and
+-- returns nothing; the others go on. Customers are locked in email order (as record_batch does),
+-- so groups of other workers sharing customers wait instead of deadlocking.
+WITH r AS (
+    SELECT *
+    FROM unnest(
+        CAST(:emails AS text[]), CAST(:names AS text[]), CAST(:items AS text[]),
+        CAST(:quantities AS bigint[]), CAST(:unit_prices_cents AS bigint[]),
+        CAST(:purchased_ats AS timestamptz[]), CAST(:captured_bys AS text[]),
+        CAST(:key_hashes AS text[]), CAST(:scopes AS text[])
+    ) WITH ORDINALITY AS r(email, name, item, quantity, unit_price_cents, purchased_at, captured_by,
+                           key_hash, scope, n)
+), allowed AS (
+    SELECT r.*, COALESCE(r.captured_by, 'api_key:' || k.name) AS writer
+    FROM r
+    LEFT JOIN api_keys AS k
+      ON k.key_hash = r.key_hash AND k.revoked_at IS NULL
+     AND ' ' || k.scopes || ' ' LIKE '% ' || r.scope || ' %'
+    WHERE r.key_hash IS NULL OR k.name IS NOT NULL
+), customer AS (
+    INSERT INTO customers (email, name, created_at, updated_at)
+    SELECT email, name, :now, :now
+    FROM allowed
+    ORDER BY email
+    ON CONFLICT (email) DO UPDATE
+    SET name = excluded.name,
+        updated_at = GREATEST(customers.updated_at, excluded.updated_at),
+        revision = customers.revision + 1
+    RETURNING id, email, name, created_at, updated_at, revision
+), purchase AS (
+    INSERT INTO purchases
+        (customer_id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by, created_at)
+    SELECT customer.id, a.item, a.quantity, a.unit_price_cents, a.quantity * a.unit_price_cents,
+           COALESCE(a.purchased_at, :now), a.writer, :now
+    FROM allowed AS a
+    JOIN customer ON customer.email = a.email
+    ORDER BY a.n
+    RETURNING id, customer_id, item, quantity, unit_price_cents, total_cents, purchased_at, captured_by
+)
+SELECT purchase.id, purchase.item, purchase.quantity, purchase.unit_price_cents, purchase.total_cents,
+       purchase.purchased_at, purchase.captured_by,
+       customer.id AS customer_id, customer.email AS customer_email, customer.name AS customer_name,
+       customer.created_at AS customer_created_at, customer.updated_at AS customer_updated_at,
+       customer.revision
+FROM purchase
+JOIN customer ON customer.id = purchase.customer_id

@@ -29,6 +29,7 @@ class ReceivedSpan:
     parent_span_id: str
     kind: int
     attributes: dict[str, Any]
+    links: list[tuple[str, str]]  # (trace id, span id) of each linked span
 
 
 def _value(any_value: Any) -> Any:
@@ -89,6 +90,7 @@ class OtlpReceiver:
                                 span.parent_span_id.hex(),
                                 span.kind,
                                 _attributes(span.attributes),
+                                [(link.trace_id.hex(), link.span_id.hex()) for link in span.links],
                             )
                         )
 

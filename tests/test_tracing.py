@@ -79,6 +79,17 @@ def dialect(settings: Settings) -> str:
     return "sqlite" if settings.is_sqlite else "postgresql"
 
 
+def flush_of(exporter: InMemorySpanExporter, request_span: ReadableSpan) -> ReadableSpan:
+    """The group-commit flush that wrote the request's purchase: its span links to the request's,
+    and the request's links to it."""
+    [link] = request_span.links
+    [flush] = [span for span in exporter.get_finished_spans() if span.context.span_id == link.context.span_id]
+    assert flush.name == "purchase group"
+    assert flush.parent is None  # a trace of its own, shared by every request in the group
+    assert request_span.context.span_id in {link.context.span_id for link in flush.links}
+    return flush
+
+
 def purchase_statements(settings: Settings) -> set[str]:
     """The statements a purchase sent with an API key runs on this dialect."""
     queries = load_queries(dialect(settings))
@@ -103,11 +114,14 @@ def test_purchase_joins_the_callers_trace_with_a_span_for_each_statement(
     assert span.attributes["http.response.status_code"] == 201
     assert span.status.status_code is StatusCode.UNSET
 
-    statements = children_of(exporter, span)
+    # The purchase went through group commit: its statements are the flush's, which it links to.
+    flush = flush_of(exporter, span)
+    assert flush.attributes is not None and flush.attributes["group.size"] == 1
+    statements = children_of(exporter, flush)
     assert {child.name for child in statements} == purchase_statements(settings)
     for child in statements:
         assert child.kind is SpanKind.CLIENT
-        assert child.context.trace_id == span.context.trace_id
+        assert child.context.trace_id == flush.context.trace_id
         assert child.attributes is not None
         assert child.attributes["db.system.name"] == dialect(settings)
         assert "db.target" not in child.attributes  # no replicas here
@@ -143,7 +157,8 @@ def test_a_rejected_request_records_its_status_without_failing_the_span(
     span = server_span(exporter)
     assert span.attributes is not None and span.attributes["http.response.status_code"] == 422
     assert span.status.status_code is StatusCode.UNSET  # the caller's mistake
-    written = {child.name for child in children_of(exporter, span)} & {
+    written = {span.name for span in exporter.get_finished_spans()} & {
+        "purchase group",
         "record_purchase",
         "upsert_customer",
     }
@@ -276,6 +291,7 @@ def test_the_running_service_exports_to_an_otlp_http_receiver(
     ) as (base, receiver):
         assert post_purchase(base, api_key, TRACEPARENT).status_code == 201
         span = receiver.wait_for("POST /purchases")
+        flush = receiver.wait_for("purchase group")
         statement = receiver.wait_for(sorted(purchase_statements(settings))[0])
     assert receiver.refused == []
     assert span.resource["service.name"] == "checkout-under-test"
@@ -283,7 +299,9 @@ def test_the_running_service_exports_to_an_otlp_http_receiver(
     assert (span.trace_id, span.parent_span_id) == (TRACE_ID, CALLER_SPAN_ID)
     assert span.kind == 2  # SPAN_KIND_SERVER
     assert span.attributes["http.response.status_code"] == 201
-    assert (statement.trace_id, statement.parent_span_id) == (TRACE_ID, span.span_id)
+    assert span.links == [(flush.trace_id, flush.span_id)]
+    assert flush.links == [(TRACE_ID, span.span_id)]
+    assert (statement.trace_id, statement.parent_span_id) == (flush.trace_id, flush.span_id)
     assert statement.attributes == {"db.system.name": dialect(settings)}
 
 

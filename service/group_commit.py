@@ -1,0 +1,120 @@
+"""Group commit: writes that arrive while one is in flight go to the database together, next.
+
+No timer: a write that finds nothing in flight goes at once (a lone caller waits no longer than
+with no grouping); the ones that arrive meanwhile queue, and when the flight lands they leave as
+one group of at most `cap`. Each caller still gets its own outcome - its row or its own error -
+and only once the statement that holds its row has committed. The group's write runs in a task of
+its own with a fresh context, so nothing of the first caller's request (its lock budget, its span)
+leaks into the statement every member shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+from service.metrics import observe_group
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# What a group's write gives back: an outcome per member, in the members' order.
+Outcome = Any  # R, or the BaseException that member's caller is to raise
+
+
+class GroupCommit(Generic[T, R]):
+    """`await group.submit(item)` -> this item's result, written with whatever else is waiting.
+
+    `write_group(items)` writes the items (in one statement, or one transaction) and returns one
+    outcome per item; if it raises, every member of that group raises the same error. With a
+    tracer, each flush is a span of its own, linked both ways with the requests it carried.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        write_group: Callable[[list[T]], Awaitable[list[Outcome]]],
+        cap: int,
+        tracer: Any = None,
+    ) -> None:
+        self.name = name
+        self.cap = cap
+        self._write_group = write_group
+        self._tracer = tracer
+        self._waiting: deque[tuple[T, asyncio.Future[R], Any]] = deque()
+        self._flight: asyncio.Task[None] | None = None
+
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._waiting.append((item, future, self._request_span()))
+        if self._flight is None:
+            self._flight = loop.create_task(self._fly(), context=contextvars.Context())
+        # A caller that gives up leaves its future cancelled: a group not yet sent skips it.
+        return await future
+
+    def _request_span(self) -> Any:
+        if self._tracer is None:
+            return None
+        from opentelemetry import trace
+
+        span = trace.get_current_span()
+        return span if span.is_recording() else None
+
+    async def _fly(self) -> None:
+        """Send groups while there are members waiting; then land (the next write flies at once)."""
+        group: list[tuple[T, asyncio.Future[R], Any]] = []
+        try:
+            while self._waiting:
+                group = []
+                while self._waiting and len(group) < self.cap:
+                    member = self._waiting.popleft()
+                    if not member[1].done():
+                        group.append(member)
+                if group:
+                    await self._send(group)
+        finally:
+            self._flight = None
+            for _, future, _ in [*group, *self._waiting]:  # only if this task itself was cancelled
+                future.cancel()
+            self._waiting.clear()
+
+    async def _send(self, group: list[tuple[T, asyncio.Future[R], Any]]) -> None:
+        observe_group(self.name, len(group))
+        with self._flush_span(group):
+            try:
+                outcomes = await self._write_group([item for item, _, _ in group])
+            except Exception as exc:
+                outcomes = [exc] * len(group)
+        for (_, future, _), outcome in zip(group, outcomes, strict=True):
+            if future.done():
+                continue  # its caller gave up while the group was in flight
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _flush_span(
+        self, group: list[tuple[T, asyncio.Future[R], Any]]
+    ) -> contextlib.AbstractContextManager[Any]:
+        """A root span for the flush, linked to every traced request in it and each of those to it."""
+        spans = [span for _, _, span in group if span is not None]
+        if not spans:
+            return contextlib.nullcontext()
+        from opentelemetry import trace
+
+        return _linked_flush_span(self._tracer, self.name, spans, len(group), trace)
+
+
+@contextlib.contextmanager
+def _linked_flush_span(tracer: Any, name: str, request_spans: list[Any], size: int, trace: Any) -> Any:
+    links = [trace.Link(span.get_span_context()) for span in request_spans]
+    # The flush's task started with an empty context: this span is the root of a trace of its own.
+    with tracer.start_as_current_span(f"{name} group", links=links, attributes={"group.size": size}) as flush:
+        for span in request_spans:
+            span.add_link(flush.get_span_context())
+        yield flush
