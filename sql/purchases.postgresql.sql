@@ -69,6 +69,8 @@ SELECT (SELECT count(*) FROM customer WHERE revision = 1) AS customers_created,
        (SELECT array_agg(id ORDER BY id) FROM purchase) AS ids
 
 -- name: record_purchases
+-- (record_purchase for a group of one: this statement's arrays and joins cost a lone purchase
+-- 271 µs against 220 µs for the plain one, measured with asyncpg on the same server.)
 -- A group of single purchases from different callers in one statement (group commit, see
 -- service.group_commit): each row as record_purchase would write it, with its own caller (known,
 -- :captured_bys, or an API key checked here by :key_hashes and :scopes) and its own answer. No

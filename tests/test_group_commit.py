@@ -12,6 +12,9 @@ from typing import Any
 import httpx2 as httpx
 import psycopg
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
 from service.apikeys import hash_key, revoke_api_key
@@ -37,6 +40,7 @@ class Recorder:
 
     async def __call__(self, items: list[int]) -> list[Any]:
         self.groups.append(items)
+        await asyncio.sleep(0)  # in flight for a moment at least, as a statement is
         await self.release.wait()
         if self.fail_on in items:
             raise RuntimeError("the group's statement failed")
@@ -74,7 +78,7 @@ def test_groups_are_capped() -> None:
         await settle()
         write.release.set()
         await asyncio.gather(*tasks)
-        assert [len(sent) for sent in write.groups] == [10, 10, 6]  # all arrived before the first left
+        assert [len(sent) for sent in write.groups] == [1, 10, 10, 5]
 
     asyncio.run(scenario())
 
@@ -83,13 +87,25 @@ def test_each_member_gets_its_own_outcome_and_a_failed_write_fails_each_member()
     async def scenario() -> None:
         write = Recorder(fail_on=14)
         group = GroupCommit("test", write, cap=100)
+        first = asyncio.create_task(group.submit(0))
+        await settle()
+        members = [asyncio.create_task(group.submit(n)) for n in (2, 3, 4)]
+        await settle()
         write.release.set()
-        results = await asyncio.gather(*(group.submit(n) for n in (2, 3, 4)), return_exceptions=True)
-        assert results[0] == 20 and results[2] == 40
-        assert isinstance(results[1], ValueError)  # its own error only
-        failed = await asyncio.gather(*(group.submit(n) for n in (12, 14, 16)), return_exceptions=True)
-        assert [type(outcome) for outcome in failed] == [RuntimeError] * 3
-        assert await group.submit(18) == 180  # and the next group goes as usual
+        results = await asyncio.gather(first, *members, return_exceptions=True)
+        assert results[0] == 0 and results[1] == 20 and results[3] == 40
+        assert isinstance(results[2], ValueError)  # its own error only
+        write.release.clear()
+        first = asyncio.create_task(group.submit(0))
+        await settle()
+        members = [asyncio.create_task(group.submit(n)) for n in (12, 14, 16)]
+        await settle()
+        write.release.set()
+        failed = await asyncio.gather(*members, return_exceptions=True)
+        assert await first == 0
+        assert [type(outcome) for outcome in failed] == [RuntimeError] * 3  # the whole group's
+        assert await group.submit(18) == 180  # and the next write goes as usual
+        assert write.groups == [[0], [2, 3, 4], [0], [12, 14, 16], [18]]
 
     asyncio.run(scenario())
 
@@ -108,6 +124,39 @@ def test_a_caller_that_gives_up_before_its_group_leaves_is_not_written() -> None
         assert write.groups == [[0], [2]]
 
     asyncio.run(scenario())
+
+
+def test_a_flush_span_links_both_ways_with_the_requests_it_carried() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+
+    async def request(group: GroupCommit[int, int], n: int) -> int:
+        with tracer.start_as_current_span(f"request {n}"):
+            return await group.submit(n)
+
+    async def scenario() -> None:
+        write = Recorder()
+        group = GroupCommit("test", write, cap=100, tracer=tracer)
+        first = asyncio.create_task(request(group, 0))
+        await settle()
+        others = [asyncio.create_task(request(group, n)) for n in (2, 4)]
+        await settle()
+        write.release.set()
+        await asyncio.gather(first, *others)
+
+    asyncio.run(scenario())
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    lone, grouped = (span for span in exporter.get_finished_spans() if span.name == "test group")
+    assert lone.parent is not None and lone.parent.span_id == spans["request 0"].context.span_id
+    assert lone.attributes == {"group.size": 1}
+    assert grouped.parent is None and grouped.attributes == {"group.size": 2}
+    carried = {spans[f"request {n}"].context.span_id for n in (2, 4)}
+    assert {link.context.span_id for link in grouped.links} == carried
+    for n in (2, 4):
+        [link] = spans[f"request {n}"].links
+        assert link.context.span_id == grouped.context.span_id
 
 
 # --- the purchase group on the databases ----------------------------------------------------------
