@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import secrets
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,6 +42,17 @@ from service.bench.sizes import SeedSize  # noqa: E402
 from service.config import load_settings  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.pgbouncer import running_pgbouncer  # noqa: E402
+
+
+def purchases_flushed(port: int) -> tuple[float, float]:
+    """(flushes, purchases) so far from the service's group-commit histogram."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
+        text = response.read().decode()
+    found = [
+        re.search(rf'^db_group_commit_size_{part}{{kind="purchase"}} (\S+)$', text, re.M)
+        for part in ("count", "sum")
+    ]
+    return (float(found[0].group(1)), float(found[1].group(1))) if found[0] and found[1] else (0.0, 0.0)
 
 
 def main() -> int:
@@ -65,7 +78,7 @@ def main() -> int:
             )
             conn.execute(f"ALTER DATABASE \"{name}\" SET lock_timeout = '{limits.lock_timeout_ms}ms'")
         print("seeding ...", flush=True)
-        reader = seed_database(direct, SeedSize())
+        reader = seed_database(direct, SeedSize(), print)
         common = {
             **os.environ,
             "LOG_LEVEL": "warning",
@@ -92,6 +105,7 @@ def main() -> int:
             for scenario_name in args.scenario or ["purchase", "posts"]:
                 scenario = SCENARIOS[scenario_name]
                 runs: dict[str, list] = {side: [] for side in sides}
+                flushed_before = {side: purchases_flushed(port) for side, port in ports.items()}
                 for port in ports.values():  # warm up, not counted
                     _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder), 2)
                 for round_number in range(1, args.rounds + 1):
@@ -107,6 +121,14 @@ def main() -> int:
                         f"{scenario_name:9} {side:10} {run.requests_per_second:8.0f} req/s  {latencies}"
                         f"  non-2xx {run.non_2xx}  errors {run.errors}"
                     )
+                    (flushes, purchases), (flushes_0, purchases_0) = (
+                        purchases_flushed(ports[side]),
+                        flushed_before[side],
+                    )
+                    if flushes > flushes_0:
+                        print(
+                            f"{'':9} {side:10} {(purchases - purchases_0) / (flushes - flushes_0):8.1f} purchases a flush"
+                        )
                 ratio = _median_ratio(runs["pgbouncer"], runs["direct"])
                 print(f"{scenario_name:9} pgbouncer / direct: {ratio:.2f}", flush=True)
     return 0
