@@ -55,6 +55,19 @@ def purchases_flushed(port: int) -> tuple[float, float]:
     return (float(found[0].group(1)), float(found[1].group(1))) if found[0] and found[1] else (0.0, 0.0)
 
 
+def cpu_seconds_by_program() -> dict[str, float]:
+    """CPU seconds used so far by every process on this machine, summed by program name."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            text = stat.read_text()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text[text.rindex(")") + 2 :].split()
+            used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
@@ -106,29 +119,40 @@ def main() -> int:
                 scenario = SCENARIOS[scenario_name]
                 runs: dict[str, list] = {side: [] for side in sides}
                 flushed_before = {side: purchases_flushed(port) for side, port in ports.items()}
+                cpu_used: dict[str, dict[str, float]] = {side: {} for side in sides}
+                requests = dict.fromkeys(sides, 0)
                 for port in ports.values():  # warm up, not counted
                     _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder), 2)
                 for round_number in range(1, args.rounds + 1):
                     order = list(ports.items()) if round_number % 2 else list(ports.items())[::-1]
                     for side, port in order:
-                        runs[side].append(
-                            _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder))
-                        )
+                        before = cpu_seconds_by_program()
+                        run = _drive(f"http://127.0.0.1:{port}", scenario, ctx, options, Path(folder))
+                        for name, seconds in cpu_seconds_by_program().items():
+                            spent = seconds - before.get(name, 0.0)
+                            cpu_used[side][name] = cpu_used[side].get(name, 0.0) + spent
+                        requests[side] += round(run.requests_per_second * options.seconds)
+                        runs[side].append(run)
                 for side in sides:
                     run = _median_run(runs[side])
+                    cpu = cpu_used[side]
+                    shares = ", ".join(
+                        f"{name} {seconds * 1000 / requests[side]:.3f}"
+                        for name, seconds in sorted(cpu.items(), key=lambda item: -item[1])[:4]
+                    )
                     latencies = f"p50 {run.p50_ms:6.2f}  p90 {run.p90_ms:6.2f}  p99 {run.p99_ms:6.2f} ms"
                     print(
                         f"{scenario_name:9} {side:10} {run.requests_per_second:8.0f} req/s  {latencies}"
                         f"  non-2xx {run.non_2xx}  errors {run.errors}"
                     )
+                    print(f"{'':9} {side:10} CPU ms a request: {shares}")
                     (flushes, purchases), (flushes_0, purchases_0) = (
                         purchases_flushed(ports[side]),
                         flushed_before[side],
                     )
                     if flushes > flushes_0:
-                        print(
-                            f"{'':9} {side:10} {(purchases - purchases_0) / (flushes - flushes_0):8.1f} purchases a flush"
-                        )
+                        per_flush = (purchases - purchases_0) / (flushes - flushes_0)
+                        print(f"{'':9} {side:10} {per_flush:8.1f} purchases a flush")
                 ratio = _median_ratio(runs["pgbouncer"], runs["direct"])
                 print(f"{scenario_name:9} pgbouncer / direct: {ratio:.2f}", flush=True)
     return 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,7 +27,19 @@ from service.errors import Problem
 from service.group_commit import GroupCommit
 from service.limits import LOCK_TIMEOUT, limit_reached
 from service.purchases import record_purchase, record_purchase_group
-from tests.conftest import PASSWORD, live_client, make_api_key, make_staff, on_database, table_counts
+from tests.conftest import (
+    PASSWORD,
+    ROOT,
+    free_port,
+    live_client,
+    make_api_key,
+    make_staff,
+    on_database,
+    service_env,
+    table_connection,
+    table_counts,
+    wait_until_answering,
+)
 from tests.test_purchases import purchase
 
 # --- the mechanism, with a stand-in write --------------------------------------------------------
@@ -328,3 +343,59 @@ def test_concurrent_purchases_from_different_callers_share_statements_and_keep_t
     assert flushed < 64  # some purchases shared a statement
     counts = table_counts(database_url)
     assert (counts["customers"], counts["purchases"]) == (64, 64 + len(existing))
+
+
+async def purchase_until_killed(base: str, key: str, process: subprocess.Popen[Any]) -> tuple[set[int], str]:
+    """32 writers recording purchases for new customers until the service is killed with -9 after a
+    second and a half; the ids it answered 201 for, and /metrics as it was just before the kill."""
+    acknowledged: set[int] = set()
+    killed = asyncio.Event()
+
+    async def writer(client: httpx.AsyncClient, n: int) -> None:
+        for m in range(100_000):
+            try:
+                body = purchase(f"w{n}-{m}@example.com")
+                response = await client.post("/purchases", json=body, headers={"X-API-Key": key})
+            except httpx.TransportError:
+                assert killed.is_set(), "a request failed before the kill"
+                return
+            assert response.status_code == 201, response.text
+            acknowledged.add(response.json()["id"])
+
+    async with live_client(base, limits=httpx.Limits(max_connections=40), timeout=30) as client:
+        writers = [asyncio.create_task(writer(client, n)) for n in range(32)]
+        await asyncio.sleep(1.5)
+        metrics = (await client.get("/metrics")).text
+        killed.set()
+        process.send_signal(signal.SIGKILL)
+        await asyncio.gather(*writers)
+    return acknowledged, metrics
+
+
+@pytest.mark.slow
+def test_every_purchase_answered_201_is_stored_when_the_worker_is_killed_mid_group(
+    settings: Settings, database_url: str
+) -> None:
+    key = make_api_key(settings)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port)],
+        cwd=ROOT,
+        env=service_env(database_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_answering(process, base, "/ready", 30)
+        acknowledged, metrics = asyncio.run(purchase_until_killed(base, key, process))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    flushed, grouped = flushes(metrics)
+    assert grouped > 100 and flushed < grouped  # there was load, and purchases shared statements
+    with table_connection(database_url) as connection:
+        stored = {row[0] for row in connection.execute("SELECT id FROM purchases").fetchall()}
+    assert len(acknowledged) > 100
+    assert acknowledged <= stored, f"{len(acknowledged - stored)} purchases answered 201 are not stored"
