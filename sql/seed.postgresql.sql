@@ -27,8 +27,18 @@ BEGIN
 END $$
 
 -- name: seed_sort_in_memory
--- The fills afterwards group and sort millions of rows: in memory, not in batches on disk.
-SET LOCAL work_mem = '256MB'
+-- The fills afterwards group and sort millions of rows: in memory, not in batches on disk; and
+-- the indexes built after their table is loaded sort it whole.
+SET LOCAL work_mem = '256MB'; SET LOCAL maintenance_work_mem = '512MB'
+
+-- name: seed_secondary_indexes
+-- A table's indexes that enforce nothing (not unique, not its key), with the statement that
+-- makes each again. Into an empty table the seed loads rows without them and builds them after:
+-- 5M purchases went in in 54 s with their three, in 7 s without, and the three took 12 s to build.
+SELECT CAST(CAST(i.indexrelid AS regclass) AS text) AS name, pg_get_indexdef(i.indexrelid) AS definition
+FROM pg_index AS i
+WHERE i.indrelid = CAST(CAST(:table_name AS text) AS regclass) AND NOT i.indisunique AND NOT i.indisprimary
+ORDER BY 1
 
 -- name: seed_triggers_on
 -- Before the commit, so that no other transaction ever sees them off.

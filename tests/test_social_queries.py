@@ -171,9 +171,20 @@ def test_postgres_reads_seeded_posts_through_indexes(postgres_database: str) -> 
         assert "$1" in plan, f"{name}: not the generic plan:\n{plan}"
 
 
+def index_definitions(database_url: str) -> list[tuple[str, str]]:
+    """Every index of the database and its definition (SQLite's from sqlite_master)."""
+    with table_connection(database_url) as conn:
+        if database_url.startswith("sqlite"):
+            query = "SELECT name, coalesce(sql, '') FROM sqlite_master WHERE type = 'index' ORDER BY name"
+        else:
+            query = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname"
+        return [tuple(row) for row in conn.execute(query).fetchall()]
+
+
 def test_the_seed_loads_the_shape_it_is_asked_for_with_every_count_and_rollup_exact(
-    settings: Settings, database_url: str
+    settings: Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from service import seed as seed_module
     from tests.conftest import table_counts
     from tests.test_counts import count_errors
     from tests.test_rollups import rollup_errors
@@ -182,7 +193,11 @@ def test_the_seed_loads_the_shape_it_is_asked_for_with_every_count_and_rollup_ex
         users=30, posts=200, likes=500, reposts=100, comments=300, follows=50, customers=20, purchases=1000
     )
     prepare_schema(settings.database_url)
+    indexes = index_definitions(database_url)
+    # As for a large set: the empty tables are loaded without their secondary indexes, built after.
+    monkeypatch.setattr(seed_module, "BULK_ROWS", 100)
     loaded = seed(settings.database_url, asked, 4)
+    assert index_definitions(database_url) == indexes
     assert loaded == asdict(asked)
     assert {kind: count for kind, count in table_counts(database_url).items() if kind in loaded} == loaded
     # A second seed lands beside the first (ids past it, its own counts and the same days' rollups).
