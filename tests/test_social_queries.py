@@ -177,7 +177,7 @@ def index_definitions(database_url: str) -> list[tuple[str, str]]:
         if database_url.startswith("sqlite"):
             query = "SELECT name, coalesce(sql, '') FROM sqlite_master WHERE type = 'index' ORDER BY name"
         else:
-            query = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY indexname"
+            query = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
         return [tuple(row) for row in conn.execute(query).fetchall()]
 
 
