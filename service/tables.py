@@ -297,6 +297,8 @@ Index("ix_login_failures_window_ends", login_failures.c.window_ends_at)
 # What the database keeps by its own triggers: each kind's DDL is the statements named
 # `<kind>_ddl_*` in sql/ (counters.<dialect>.sql, rollups.<dialect>.sql), run in file order.
 KEPT = ("counts", "rollups")
+# Server functions the service calls, made the same way (`writes_ddl_*`: purchases.postgresql.sql).
+SERVER_FUNCTIONS = ("writes",)
 
 
 def trigger_ddl(dialect: str, kinds: tuple[str, ...] = KEPT) -> list[str]:
@@ -331,8 +333,12 @@ def drop_triggers(connection: Connection, kinds: tuple[str, ...] = KEPT) -> None
     for name, table in trigger_tables(dialect, kinds).items():
         connection.execute(text(f"DROP TRIGGER IF EXISTS {name}" + (f" ON {table}" if on_table else "")))
     for function in trigger_functions(dialect, kinds):
-        connection.execute(text(f"DROP FUNCTION IF EXISTS {function}()"))
+        connection.execute(text(f"DROP FUNCTION IF EXISTS {function}"))  # (its name is not overloaded)
 
 
 # Whatever builds the schema from this metadata builds the triggers with it.
-event.listen(metadata, "after_create", lambda target, connection, **kw: create_triggers(connection))
+event.listen(
+    metadata,
+    "after_create",
+    lambda target, connection, **kw: create_triggers(connection, KEPT + SERVER_FUNCTIONS),
+)
