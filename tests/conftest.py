@@ -296,6 +296,28 @@ def running_service(
             process.wait()
 
 
+@contextmanager
+def service_process(database_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """One worker of the real service on `database_url`, ready; yields the process (for a test to
+    signal or kill) and its base URL. Killed after, if the test left it running."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--port", str(port)],
+        cwd=ROOT,
+        env=service_env(database_url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until_answering(process, base, "/ready", 30)
+        yield process, base
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
 @pytest.fixture
 def live_service(database_url: str) -> Callable[..., Iterator[str]]:
     """Start the real service with uvicorn on the test's database: `with live_service(workers=2) as url:`."""

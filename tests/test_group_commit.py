@@ -6,7 +6,6 @@ import asyncio
 import re
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,16 +28,13 @@ from service.limits import LOCK_TIMEOUT, limit_reached
 from service.purchases import record_purchase, record_purchase_group
 from tests.conftest import (
     PASSWORD,
-    ROOT,
-    free_port,
     live_client,
     make_api_key,
     make_staff,
     on_database,
-    service_env,
+    service_process,
     table_connection,
     table_counts,
-    wait_until_answering,
 )
 from tests.test_purchases import purchase
 
@@ -377,22 +373,8 @@ def test_every_purchase_answered_201_is_stored_when_the_worker_is_killed_mid_gro
     settings: Settings, database_url: str
 ) -> None:
     key = make_api_key(settings)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port)],
-        cwd=ROOT,
-        env=service_env(database_url),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until_answering(process, base, "/ready", 30)
+    with service_process(database_url) as (process, base):
         acknowledged, metrics = asyncio.run(purchase_until_killed(base, key, process))
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
     flushed, grouped = flushes(metrics)
     assert grouped > 100 and flushed < grouped  # there was load, and purchases shared statements
     with table_connection(database_url) as connection:

@@ -8,8 +8,6 @@ import asyncio
 import collections
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from typing import Any
@@ -19,7 +17,7 @@ import psycopg
 import pytest
 
 from service.config import load_settings
-from tests.conftest import ROOT, free_port, live_client, make_api_key, service_env, wait_until_answering
+from tests.conftest import live_client, make_api_key, service_process
 from tests.replication import Cluster
 
 pytestmark = pytest.mark.slow
@@ -90,27 +88,13 @@ def test_a_primary_killed_under_load_costs_503s_only_and_the_service_recovers_an
         conn.execute("ALTER DATABASE primary_loss SET synchronous_commit = on")
     url = cluster.primary.url("primary_loss")
     settings = replace(load_settings(environ={"DATABASE_URL": url}, env_file=None), database_url=url)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port)],
-        cwd=ROOT,
-        env=service_env(url),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_until_answering(process, base, "/ready", 30)
+    with service_process(url) as (process, base):
         key = make_api_key(settings)
         result = asyncio.run(write_through_a_crash(base, key, cluster))
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=20)
         stopped_after = time.monotonic() - signalled
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
 
     statuses = result["statuses"]
     assert set(statuses) <= {201, 503}, statuses  # never a 500
