@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from service.metrics import observe_group
+from service.metrics import group_size
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,6 +46,7 @@ class GroupCommit(Generic[T, R]):
         self.cap = cap
         self._write_group = write_group
         self._tracer = tracer
+        self._sizes = group_size(name)
         self._waiting: deque[tuple[T, asyncio.Future[R], Any]] = deque()
         self._in_flight = False
         self._flight: asyncio.Task[None] | None = None  # the task sending queued groups, while it runs
@@ -62,7 +63,7 @@ class GroupCommit(Generic[T, R]):
         """Nothing in flight: the caller writes its item itself, at once, as it would with no grouping."""
         self._in_flight = True
         try:
-            observe_group(self.name, 1)
+            self._sizes.observe(1)
             with self._span([], 1):
                 [outcome] = await self._write_group([item])
         finally:
@@ -107,7 +108,7 @@ class GroupCommit(Generic[T, R]):
             self._waiting.clear()
 
     async def _send(self, group: list[tuple[T, asyncio.Future[R], Any]]) -> None:
-        observe_group(self.name, len(group))
+        self._sizes.observe(len(group))
         with self._span([span for _, _, span in group if span is not None], len(group)):
             try:
                 outcomes = await self._write_group([item for item, _, _ in group])
@@ -135,11 +136,13 @@ class GroupCommit(Generic[T, R]):
                 f"{self.name} group", attributes={"group.size": size}
             )
             return child
-        return _linked_flush_span(self._tracer, self.name, request_spans, size, trace)
+        return _linked_flush_span(self._tracer, self.name, request_spans, size)
 
 
 @contextlib.contextmanager
-def _linked_flush_span(tracer: Any, name: str, request_spans: list[Any], size: int, trace: Any) -> Any:
+def _linked_flush_span(tracer: Any, name: str, request_spans: list[Any], size: int) -> Any:
+    from opentelemetry import trace
+
     links = [trace.Link(span.get_span_context()) for span in request_spans]
     # The flush's task started with an empty context: this span is the root of a trace of its own.
     with tracer.start_as_current_span(f"{name} group", links=links, attributes={"group.size": size}) as flush:

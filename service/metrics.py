@@ -122,8 +122,9 @@ def observe_replicas(replicas: Any) -> None:
         REPLICA_USABLE.labels(replica.name).set(1 if replica.usable else 0)
 
 
-def observe_group(kind: str, size: int) -> None:
-    GROUP_SIZE.labels(kind).observe(size)
+def group_size(kind: str) -> Any:
+    """The histogram of `kind`'s group sizes (its `observe(size)` once a flush), looked up once."""
+    return GROUP_SIZE.labels(kind)
 
 
 def observe_group_fallback(kind: str) -> None:

@@ -154,12 +154,12 @@ async def record_purchase(
     now = utc_now()
     if "record_purchase" in db.sql:
         # PostgreSQL: the key check, the upsert and the insert reach the server as one statement.
-        values = _purchase_values(purchase, None, now)
+        credential = _credential(caller)
         row = await db.fetch_one(
             db.sql.record_purchase,
             {
-                **values,
-                **_credential(caller),
+                **_purchase_values(purchase, credential["captured_by"], now),
+                **credential,
                 "email": purchase["customer"]["email"],
                 "name": purchase["customer"]["name"],
             },
@@ -196,8 +196,9 @@ def _sqlite_purchase_answer(
     if not inserted_rows:
         return None
     [upserted], [inserted] = upserted_rows, inserted_rows
+    sent = steps[1][1]  # the purchase's values (and the credential, which stays out of the answer)
     return {
-        **steps[1][1],
+        **{key: sent[key] for key in ("item", "quantity", "unit_price_cents", "total_cents")},
         **{f"customer_{key}": upserted[key] for key in ("id", "email", "name", "created_at", "updated_at")},
         "revision": upserted["revision"],
         "id": inserted["id"],
