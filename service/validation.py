@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -109,8 +109,9 @@ class FastLoader:
                 inner = FastLoader(field.schema)
             elif isinstance(field, fields.List) and isinstance(field.inner, fields.Nested):
                 inner = FastLoader(field.inner.schema)
-            self.fields.append((field.data_key or name, field.attribute or name, field, inner))
-        self.keys = frozenset(key for key, _, _, _ in self.fields)
+            key, attribute = field.data_key or name, field.attribute or name
+            self.fields.append((key, attribute, field, inner, _converter(field)))
+        self.keys = frozenset(key for key, _, _, _, _ in self.fields)
 
     def load(self, data: Any) -> dict[str, Any] | None:
         try:
@@ -122,7 +123,7 @@ class FastLoader:
         if type(data) is not dict or not self.keys.issuperset(data):
             raise _NotVouched
         loaded: dict[str, Any] = {}
-        for key, attribute, field, inner in self.fields:
+        for key, attribute, field, inner, convert in self.fields:
             try:
                 value = data[key]
             except KeyError:
@@ -141,7 +142,7 @@ class FastLoader:
             try:
                 loaded[attribute] = seen[memo]
             except KeyError:
-                loaded[attribute] = seen[memo] = field.deserialize(value)
+                loaded[attribute] = seen[memo] = convert(value, key, data)
             except TypeError:  # unhashable: a list or an object where a scalar belongs
                 loaded[attribute] = field.deserialize(value)
         return loaded
@@ -157,6 +158,30 @@ class FastLoader:
         for validator in field.validators:
             validator(value)
         return [inner._load(item, seen) for item in value]
+
+
+def _converter(field: fields.Field[Any]) -> Callable[[Any, str, Any], Any]:
+    """What `field.deserialize` does with a value that is present: convert, then each validator.
+
+    Without the wrapping (`deserialize` checks for a missing value and builds an `And` of the
+    validators on every call), which was most of a 1,000-row batch's validation. A field with
+    hooks of its own, and null (the field decides what it means), take `deserialize` itself.
+    """
+    if field.pre_load or field.post_load:
+        return lambda value, key, data: field.deserialize(value, key, data)
+    convert = field._deserialize
+    validators = tuple(field.validators)
+
+    def converted(value: Any, key: str, data: Any) -> Any:
+        if value is None:
+            return field.deserialize(value, key, data)
+        output = convert(value, key, data)
+        for validator in validators:
+            if validator(output) is False:  # a plain function may refuse by returning False
+                raise _NotVouched
+        return output
+
+    return converted
 
 
 class _NotVouched(Exception):

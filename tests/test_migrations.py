@@ -42,6 +42,7 @@ from service.migrations.schema import (
     scripts,
     sync_url,
 )
+from service.queries import load_queries
 from service.tables import metadata
 from service.timestamps import to_text
 from service.tokens import issue_access_token
@@ -723,6 +724,47 @@ def test_tables_that_are_not_the_services_are_left_alone(fresh_database_url: str
     prepare_schema(url)
     prepare_schema(url)
     assert revision_of(url) == HEAD
+
+
+def test_0009_puts_a_statements_purchases_in_one_rollup_shard(fresh_database_url: str) -> None:
+    """The trigger function is replaced in place: before 0009 a statement's purchases spread over
+    the shards of their ids (PostgreSQL), after it they share one; the sums are exact either way."""
+    url = fresh_database_url
+
+    def purchases_in_one_statement(day: str) -> None:
+        moment = f"'{day}T10:00:00.000000Z'"  # SQLite's stored form; PostgreSQL reads it as well
+        run_sql(
+            url,
+            "INSERT INTO customers (email, name, created_at, updated_at) "
+            f"VALUES ('{day}@example.com', 'x', {moment}, {moment})",
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 64) "
+            "INSERT INTO purchases (customer_id, item, quantity, unit_price_cents, total_cents, "
+            "purchased_at, captured_by, created_at) "
+            f"SELECT c.id, 'book', 1, 100, 100, {moment}, 'test', {moment} "
+            f"FROM n, customers AS c WHERE c.email = '{day}@example.com'",
+        )
+
+    def shards_of(day: str) -> int:
+        with table_connection(url) as conn:
+            return len(conn.execute(f"SELECT shard FROM daily_sales WHERE day = '{day}'").fetchall())
+
+    with schema_connection(url) as conn, schema_lock(conn, wait_seconds=30):
+        migrate(conn, MigrationPolicy(), "0008")
+    if not url.startswith("sqlite"):  # the body 0006 made in the release before 0009: a shard per id
+        (body,) = [q.source for q in load_queries("postgresql") if q.name == "rollups_ddl_keep_sales"]
+        per_statement = "(SELECT min(id) FROM added) % 16,"
+        assert per_statement in body and "FROM added GROUP BY 1, 2 ORDER BY 1, 2" in body
+        body = body.replace(per_statement, "id % 16,").replace(
+            "FROM added GROUP BY 1, 2 ORDER BY 1, 2", "FROM added GROUP BY 1, 2, 3 ORDER BY 1, 2, 3", 1
+        )  # (the first is daily_sales'; customer_items' follows)
+        run_sql(url, body)
+    purchases_in_one_statement("2026-03-01")
+    assert shards_of("2026-03-01") == (1 if url.startswith("sqlite") else 16)
+    with schema_connection(url) as conn, schema_lock(conn, wait_seconds=30):
+        migrate(conn, MigrationPolicy(), "head")
+    purchases_in_one_statement("2026-03-02")
+    assert shards_of("2026-03-02") == 1
+    assert rollup_errors(url) == []
 
 
 # tables.py and the migrations never disagree

@@ -278,6 +278,24 @@ def test_a_flash_sale_of_concurrent_buyers_lands_whole_in_the_rollups(
     assert by_item == {"flash-item": 999 * buyers}
 
 
+def rollup_rows_per_day_and_item(database_url: str) -> list[int]:
+    """How many daily_sales rows (shards) each day and item has, sorted."""
+    with table_connection(database_url) as conn:
+        rows = conn.execute("SELECT count(*) FROM daily_sales GROUP BY day, item").fetchall()
+    return sorted(int(n) for (n,) in rows)
+
+
+def test_a_batch_upserts_one_rollup_row_per_day_and_item(authed: TestClient, database_url: str) -> None:
+    """Not one per shard its purchases' ids fall in: a batch over few items stays a few upserts."""
+    bodies = [
+        purchase(f"c{n}@example.com", item=f"item{n % 5}", purchased_at=f"2026-03-0{1 + n % 2}T10:00:00Z")
+        for n in range(200)
+    ]
+    assert authed.post("/purchases/batch", json={"purchases": bodies}).status_code == 201
+    assert rollup_rows_per_day_and_item(database_url) == [1] * 10
+    assert rollup_errors(database_url) == []
+
+
 def test_housekeeping_folds_ended_days_into_one_row_each_and_keeps_every_sum(
     authed: TestClient, database_url: str, settings: Any
 ) -> None:
