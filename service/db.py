@@ -73,8 +73,9 @@ class Database(databases.Database):
         pool = getattr(self._backend, "pool", None)
         if pool is None:
             return 0, 0
-        size = pool.get_size()
-        return size, size - pool.get_idle_size()
+        # In use: connections handed out and not yet given back (the pool's turns), which counts
+        # one the server has dropped as well, as asyncpg does while it waits for its release.
+        return pool.get_size(), self._backend.in_use()
 
     # One statement on its own: the stock `Database.fetch_*` wraps every statement in a
     # `databases.Connection` (three asyncio locks, a per-task registry, a counter); when this task
@@ -192,13 +193,13 @@ class Database(databases.Database):
                 writing = contextlib.nullcontext() if in_transaction else self._backend.pool.write_lock
                 async with connection._query_lock, writing:
                     return await backend.fetch_all_atomically(queries, in_transaction)
-            async with connection.transaction():
+            async with _GivesItsConnectionBack(lambda: connection, force_rollback=False):
                 return [list(await connection.fetch_all(query)) for query in queries]
 
     def transaction(self, *, force_rollback: bool = False, **options: Any) -> databases.core.Transaction:
         if isinstance(self._backend, SQLiteBackend):
             return _WriteLockFirst(self._backend.pool.write_lock, self.connection, force_rollback, **options)
-        return super().transaction(force_rollback=force_rollback, **options)
+        return _GivesItsConnectionBack(self.connection, force_rollback=force_rollback, **options)
 
     async def check_server_limits(self, limits: DatabaseLimits) -> str | None:
         """Behind a transaction-mode pooler: None when the server's statement and lock timeouts
@@ -222,7 +223,42 @@ class Database(databases.Database):
             await self.fetch_one(self.sql.ping, {})
 
 
-class _WriteLockFirst(databases.core.Transaction):
+class _GivesItsConnectionBack(databases.core.Transaction):
+    """`databases`' transaction, except that a BEGIN, COMMIT or ROLLBACK that fails still gives
+    the connection back. Stock, the connection is let go only after the statement succeeds: one
+    that failed because the server went away (a failover: "connection is closed", "unexpected
+    connection_lost()") held its pooled connection for ever, and closing the pool at shutdown
+    then waited for it without end."""
+
+    async def start(self) -> Any:
+        connection = self._connection
+        holders = connection._connection_counter
+        try:
+            return await super().start()
+        except BaseException:
+            if connection._connection_counter > holders:  # taken for this transaction: give it back
+                await connection.__aexit__()
+            raise
+
+    async def commit(self) -> None:
+        await self._ending(super().commit)
+
+    async def rollback(self) -> None:
+        await self._ending(super().rollback)
+
+    async def _ending(self, end: Callable[[], Awaitable[None]]) -> None:
+        connection = self._connection
+        holders = connection._connection_counter
+        try:
+            await end()
+        except BaseException:
+            if connection._connection_counter == holders:  # failed before it let the connection go
+                self._transaction = None
+                await connection.__aexit__()
+            raise
+
+
+class _WriteLockFirst(_GivesItsConnectionBack):
     """A SQLite transaction that takes the process's write lock before its connection, as every
     SQLite writer here does: locks always in one order (no deadlock with a writer that holds the
     lock and waits for a connection), and no connection held while waiting for the lock."""
@@ -239,15 +275,9 @@ class _WriteLockFirst(databases.core.Transaction):
 
     async def start(self) -> _WriteLockFirst:
         await self._write_lock.acquire()
-        connection = self._connection
-        holders = connection._connection_counter
         try:
-            await super().start()
+            await super().start()  # (a BEGIN that fails - the lock budget ran out - gives it back)
         except BaseException:
-            # BEGIN failed (the lock budget ran out): `databases` has taken the connection for this
-            # transaction and would never give it back to the pool; give it back here.
-            if connection._connection_counter > holders:
-                await connection.__aexit__()
             self._write_lock.release()
             raise
         return self
@@ -334,7 +364,10 @@ _UNAVAILABLE_POSTGRES = (
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InternalClientError,
+    asyncpg.exceptions.InternalClientError,  # with TargetServerAttributeNotMatched
+    # A node that is not (or not yet) the primary: mid-failover, before the new leader's promotion
+    # has finished, or the old one still taking connections as it steps down.
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
 )
 
 
@@ -345,6 +378,8 @@ def is_database_unavailable(exc: BaseException) -> bool:
     """
     if isinstance(exc, (OSError, TimeoutError, *_UNAVAILABLE_POSTGRES)):
         return True
+    if isinstance(exc, asyncpg.InterfaceError):  # a statement on a connection the server dropped
+        return "connection is closed" in str(exc)
     if isinstance(exc, sqlite3.OperationalError):
         return "unable to open" in str(exc)
     return False

@@ -66,3 +66,16 @@ def configure_logging(level: str, log_format: str) -> None:
         logging.getLogger(name).propagate = True
     # Our middleware writes the access line; uvicorn's would be a second one.
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("asyncpg.pool").addFilter(_without_traceback)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """asyncpg's pool logs a full traceback each time it fails to reopen a connection (about once
+    a second while the database is away): one line each, naming the error, is enough."""
+    if record.exc_info and record.exc_info[1] is not None:
+        error = record.exc_info[1]
+        record.msg = f"{record.getMessage()}: {type(error).__name__}: {error}".rstrip(": ")
+        record.args = None
+        record.exc_info = None
+        record.exc_text = None
+    return True

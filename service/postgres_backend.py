@@ -36,6 +36,7 @@ DB_STATEMENT_TIMEOUT_MS from this side (a cancel request, which the pooler passe
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -58,6 +59,8 @@ from service.limits import (
 from service.queries import bound
 
 T = TypeVar("T")
+log = logging.getLogger("service")
+POOL_CLOSE_SECONDS = 5.0  # at shutdown, after the drain: how long connections still out may take
 
 # Transaction-scoped, so the session goes back to the pool as it came (see `_keep_session`).
 _PLAN_FOR_THESE_VALUES = "SET LOCAL plan_cache_mode = force_custom_plan"
@@ -100,11 +103,33 @@ class PostgresBackend(StockPostgresBackend):
         # Opening a connection (when the pool grows) counts against the same wait.
         options.setdefault("timeout", self.limits.pool_timeout_ms / 1000)
         super().__init__(database_url, **options)
-        self.turns = asyncio.Semaphore(int(options.get("max_size", 10)))
+        self.max_size = int(options.get("max_size", 10))
+        self.turns = asyncio.Semaphore(self.max_size)
 
     @property
     def pool(self) -> Any:
         return self._pool
+
+    def in_use(self) -> int:
+        """Connections borrowed and not given back yet."""
+        return self.max_size - self.turns._value
+
+    async def disconnect(self) -> None:
+        """Close the pool, waiting for connections in use at most POOL_CLOSE_SECONDS; then close
+        what is left without waiting (asyncpg's own close waits for every connection for ever)."""
+        pool, self._pool = self._pool, None
+        assert pool is not None, "DatabaseBackend is not running"
+        try:
+            async with asyncio.timeout(POOL_CLOSE_SECONDS):
+                await pool.close()
+        except TimeoutError:
+            left = self.in_use()
+            pool.terminate()
+            log.warning(
+                "closing the database pool took over %s s: closed it with %d connections still in use",
+                POOL_CLOSE_SECONDS,
+                left,
+            )
 
     def connection(self) -> PostgresConnection:
         return PostgresConnection(self, self._dialect)

@@ -297,16 +297,19 @@ def running_service(
 
 
 @contextmanager
-def service_process(database_url: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """One worker of the real service on `database_url`, ready; yields the process (for a test to
-    signal or kill) and its base URL. Killed after, if the test left it running."""
+def service_process(
+    database_url: str, log: Path | None = None, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """One worker of the real service on `database_url` (and `env`), ready; yields the process (for
+    a test to signal or kill) and its base URL. Killed after, if the test left it running. Its
+    output goes to `log` when given."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "service", "--port", str(port)],
         cwd=ROOT,
-        env=service_env(database_url),
-        stdout=subprocess.DEVNULL,
+        env=service_env(database_url, **env),
+        stdout=log.open("ab") if log else subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     try:

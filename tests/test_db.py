@@ -234,6 +234,71 @@ def test_a_failed_transaction_leaves_nothing_behind(settings: Settings) -> None:
     assert asyncio.run(fail_half_way()) == 0
 
 
+@pytest.mark.parametrize("ending", ["commit", "rollback"])
+def test_a_transaction_whose_end_fails_still_gives_its_connection_back(
+    settings: Settings, ending: str
+) -> None:
+    """A COMMIT or ROLLBACK that fails (the server went away mid-failover) must not keep the pooled
+    connection: stock `databases` let it go only after the statement succeeded, and closing the
+    pool at shutdown then waited for it for ever."""
+
+    async def end_fails() -> tuple[int, float]:
+        prepare_schema(settings.schema_database_url)
+        db = open_database(settings)
+        await db.connect()
+
+        async def server_gone(*args: Any, **kwargs: Any) -> None:
+            raise ConnectionError("unexpected connection_lost() call")
+
+        with pytest.raises(ConnectionError):
+            async with db.transaction() as transaction:
+                await db.fetch_all(db.sql.list_api_keys, {})
+                setattr(transaction._transaction, ending, server_gone)
+                if ending == "rollback":
+                    raise ConnectionError("the statement failed; the rollback fails too")
+        in_use = db.pool_stats()[1]
+        started = asyncio.get_running_loop().time()
+        await db.disconnect()
+        return in_use, asyncio.get_running_loop().time() - started
+
+    in_use, closing_seconds = asyncio.run(end_fails())
+    assert in_use == 0
+    assert closing_seconds < 2
+
+
+def test_a_transaction_whose_server_session_is_killed_is_a_503_and_gives_its_connection_back(
+    settings: Settings,
+) -> None:
+    """The real thing on PostgreSQL: the transaction's server process terminated before COMMIT."""
+    import psycopg
+
+    if settings.is_sqlite:
+        pytest.skip("SQLite runs in the process: there is no server session to terminate")
+    postgres_settings = settings
+
+    from service.db import is_database_unavailable
+
+    async def killed() -> tuple[BaseException, int]:
+        prepare_schema(postgres_settings.schema_database_url)
+        db = open_database(postgres_settings)
+        await db.connect()
+        try:
+            with pytest.raises(Exception) as failure:
+                async with db.transaction():
+                    pid = (await db.fetch_one("SELECT pg_backend_pid() AS pid"))["pid"]
+                    with psycopg.connect(postgres_settings.database_url, autocommit=True) as admin:
+                        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                    await asyncio.sleep(0.2)
+            return failure.value, db.pool_stats()[1]
+        finally:
+            async with asyncio.timeout(3):
+                await db.disconnect()
+
+    error, in_use = asyncio.run(killed())
+    assert is_database_unavailable(error), repr(error)
+    assert in_use == 0
+
+
 def test_named_statements_compile_for_each_dialect() -> None:
     sqlite = load_queries("sqlite").create_api_key
     postgres = load_queries("postgresql").create_api_key
