@@ -39,6 +39,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 from databases.backends.postgres import PostgresBackend as StockPostgresBackend
@@ -110,6 +111,16 @@ class PostgresBackend(StockPostgresBackend):
     def pool(self) -> Any:
         return self._pool
 
+    async def connect(self) -> None:
+        """The stock pool, or for a URL naming several hosts (`postgresql://u@h1:p1,h2:p2/db?
+        target_session_attrs=read-write`) asyncpg's own reading of it, which tries the hosts in
+        turn for one that has what the URL asks (the stock backend reads one host and port)."""
+        url = str(self._database_url)
+        if "," not in urlsplit(url).netloc:
+            await super().connect()
+            return
+        self._pool = await asyncpg.create_pool(dsn=url, **self._get_connection_kwargs())
+
     def in_use(self) -> int:
         """Connections borrowed and not given back yet."""
         return self.max_size - self.turns._value
@@ -126,7 +137,7 @@ class PostgresBackend(StockPostgresBackend):
             left = self.in_use()
             pool.terminate()
             log.warning(
-                "closing the database pool took over %s s: closed it with %d connections still in use",
+                "closing the database pool took over %s s: closed it anyway (connections still in use: %d)",
                 POOL_CLOSE_SECONDS,
                 left,
             )

@@ -155,6 +155,7 @@ class HaCluster:
     primary_port: int  # haproxy: the leader
     replica_port: int  # haproxy: a running replica
     folder: Path
+    synchronous: bool = True  # a commit waits for a standby to have it
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def url(self, database: str = "postgres") -> str:
@@ -199,7 +200,8 @@ class HaCluster:
             syncs = [
                 name
                 for name, (role, state) in states.items()
-                if role == "sync_standby" and state in ("running", "streaming")  # 3.0 says running
+                if role == ("sync_standby" if self.synchronous else "replica")
+                and state in ("running", "streaming")  # (3.0 says running)
             ]
             synchronous = (
                 len(states) == len(self.nodes) and len(leaders) == 1 and len(syncs) == len(self.nodes) - 1
@@ -337,7 +339,7 @@ def ha_cluster(nodes: int = 2, synchronous: bool = True) -> Iterator[HaCluster]:
     members = [
         PatroniNode(f"node{n + 1}", folder / f"node{n + 1}", _free_port(), _free_port()) for n in range(nodes)
     ]
-    cluster = HaCluster(members, _free_port(), _free_port(), folder)
+    cluster = HaCluster(members, _free_port(), _free_port(), folder, synchronous)
     try:
         etcd_log = (folder / "etcd.log").open("ab")
         cluster.processes.append(

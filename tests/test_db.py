@@ -299,6 +299,35 @@ def test_a_transaction_whose_server_session_is_killed_is_a_503_and_gives_its_con
     assert in_use == 0
 
 
+def test_closing_the_pool_does_not_wait_for_ever_for_a_connection_never_given_back(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever holds a connection at shutdown (a bug on some error path), SIGTERM ends in an exit:
+    PostgreSQL's pool waits POOL_CLOSE_SECONDS, then closes what is left and says so; SQLite's
+    closes its idle connections and never waits."""
+    from service import postgres_backend
+
+    monkeypatch.setattr(postgres_backend, "POOL_CLOSE_SECONDS", 0.5)
+
+    async def leak_then_close() -> float:
+        prepare_schema(settings.schema_database_url)
+        db = open_database(settings)
+        await db.connect()
+        leaked = db._backend.connection()
+        await leaked.acquire()  # and never released
+        started = asyncio.get_running_loop().time()
+        await db.disconnect()
+        closing_seconds = asyncio.get_running_loop().time() - started
+        if settings.is_sqlite:  # (its thread, which the pool no longer knows of)
+            await leaked._connection.close()
+        return closing_seconds
+
+    closing_seconds = asyncio.run(leak_then_close())
+    assert closing_seconds < 2
+    if not settings.is_sqlite:
+        assert "closed it anyway (connections still in use: 1)" in caplog.text
+
+
 def test_named_statements_compile_for_each_dialect() -> None:
     sqlite = load_queries("sqlite").create_api_key
     postgres = load_queries("postgresql").create_api_key

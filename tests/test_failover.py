@@ -62,6 +62,7 @@ class Ledger:
     last_201: float = 0.0
     acknowledged_at: list[float] = field(default_factory=list)  # when each 201's request was sent
     abandoned: int = 0  # keys never answered 201
+    token_reads: list[tuple[int, bool]] = field(default_factory=list)  # (status, the write seen)
     stopped_at: float = 0.0
 
 
@@ -122,19 +123,41 @@ async def reader(client: httpx.AsyncClient, ledger: Ledger, stop: asyncio.Event)
         await asyncio.sleep(0.05)
 
 
-async def three_failovers(ha: HaCluster, ledger: Ledger) -> list[str]:
-    return await failovers(ha, ledger, 3)
+@dataclass
+class Caller:
+    client: httpx.AsyncClient
+    key: str
+
+    async def write_with_token(self) -> tuple[int, str]:
+        """A purchase the old primary acknowledges: its id, and the consistency token it came with."""
+        body = purchase_body(999, int(time.monotonic() * 1000))
+        response = await self.client.post("/purchases", json=body, headers={"X-API-Key": self.key})
+        assert response.status_code == 201, response.text
+        return response.json()["id"], response.headers["x-consistency-token"]
+
+    async def read_with_token(self, purchase_id: int, token: str) -> httpx.Response:
+        headers = {"X-API-Key": self.key, "X-Consistency-Token": token}
+        return await self.client.get(f"/purchases/{purchase_id}", headers=headers)
 
 
-async def failovers(ha: HaCluster, ledger: Ledger, count: int) -> list[str]:
+async def three_failovers(ha: HaCluster, ledger: Ledger, caller: Caller) -> list[str]:
+    return await failovers(ha, ledger, caller, 3)
+
+
+async def failovers(ha: HaCluster, ledger: Ledger, caller: Caller, count: int) -> list[str]:
     """Kill the leader's node `count` times, each time waiting for writes to come back and the
-    killed node to rejoin as a synchronous standby. The leaders, in order."""
+    killed node to rejoin as a synchronous standby. The leaders, in order. Before each kill a
+    purchase is written; once the old leader serves as a replica again it is read with the
+    consistency token the old leader gave (ledger.token_reads: the statuses and whether it was
+    the purchase)."""
     leaders = []
     for _ in range(count):
         await asyncio.sleep(2)
         leader = await asyncio.to_thread(ha.leader)
         assert leader is not None
         leaders.append(leader.name)
+        written, token = await caller.write_with_token()
+        ledger.acknowledged[f"token probe {len(leaders)}"] = [written]
         await asyncio.to_thread(leader.kill)
         killed_at = time.monotonic()  # (a request sent while the kill was under way may commit)
         while ledger.last_201 < killed_at:
@@ -143,11 +166,15 @@ async def failovers(ha: HaCluster, ledger: Ledger, count: int) -> list[str]:
         ledger.recovered_after.append(ledger.last_201 - killed_at)
         await asyncio.to_thread(leader.start)
         await asyncio.to_thread(ha.wait_healthy)
+        await asyncio.sleep(1)  # (the replica monitor sees the rejoined node)
+        read = await caller.read_with_token(written, token)
+        seen = read.status_code == 200 and read.json()["id"] == written
+        ledger.token_reads.append((read.status_code, seen))
     leaders.append((await asyncio.to_thread(ha.leader) or PatroniNode("none", Path(), 0, 0)).name)
     return leaders
 
 
-async def switchover(ha: HaCluster, ledger: Ledger) -> list[str]:
+async def switchover(ha: HaCluster, ledger: Ledger, caller: Caller) -> list[str]:
     """A planned change of leader (`patronictl switchover`), then the old one back as a standby."""
     await asyncio.sleep(2)
     leader = await asyncio.to_thread(ha.leader)
@@ -163,7 +190,7 @@ async def drive(
     base: str,
     key: str,
     ha: HaCluster,
-    disruption: Callable[[HaCluster, Ledger], Awaitable[list[str]]],
+    disruption: Callable[[HaCluster, Ledger, Caller], Awaitable[list[str]]],
     writers: int = 8,
 ) -> tuple[Ledger, list[str]]:
     ledger = Ledger()
@@ -173,7 +200,7 @@ async def drive(
         tasks = [asyncio.create_task(careful_writer(client, key, n, ledger, stop)) for n in range(writers)]
         tasks.append(asyncio.create_task(reader(client, ledger, stop)))
         try:
-            leaders = await disruption(ha, ledger)
+            leaders = await disruption(ha, ledger, Caller(client, key))
             await asyncio.sleep(1)
         finally:
             ledger.stopped_at = time.monotonic()
@@ -220,6 +247,7 @@ def test_three_failovers_under_load_lose_nothing_and_cost_only_503s(ha: HaCluste
     assert ledger.statuses[503] > 0  # each outage was seen
     assert max(ledger.recovered_after) < TTL + 2, ledger.recovered_after  # the ttl, then promotion
     assert set(ledger.read_statuses) == {200}, ledger.read_statuses
+    assert ledger.token_reads == [(200, True)] * 3  # the old leader's tokens honoured on the new
     assert exit_code == 0 and stopped_after < GRACE_SECONDS + 5
     # Every connection came back: none in use once the load is over, none left for the close to
     # wait for (it would say so), and no more open than the pool may hold.

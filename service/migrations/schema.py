@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -207,8 +208,20 @@ def describe(diff: tuple[Any, ...]) -> str:
 
 
 def sync_url(database_url: str) -> str:
-    """The URL of the sync engine that runs DDL: psycopg for PostgreSQL, sqlite3 for SQLite."""
-    return database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    """The URL of the sync engine that runs DDL: psycopg for PostgreSQL, sqlite3 for SQLite.
+
+    Several hosts (`postgresql://u@h1:p1,h2:p2/db?target_session_attrs=read-write`, as libpq and
+    asyncpg read them) are spelled as SQLAlchemy wants them: `postgresql+psycopg://u@/db?host=h1:p1&
+    host=h2:p2&...`; libpq then tries them in turn as it would the first spelling."""
+    url = database_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    parts = urlsplit(url)
+    user, at, hosts = parts.netloc.rpartition("@")
+    if "," not in hosts:
+        return url
+    query = "&".join(
+        [*(f"host={host}" for host in hosts.split(",")), *([parts.query] if parts.query else [])]
+    )
+    return urlunsplit(parts._replace(netloc=user + at, query=query))
 
 
 @contextlib.contextmanager
