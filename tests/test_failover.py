@@ -63,6 +63,7 @@ class Ledger:
     acknowledged_at: list[float] = field(default_factory=list)  # when each 201's request was sent
     abandoned: int = 0  # keys never answered 201
     token_reads: list[tuple[int, bool]] = field(default_factory=list)  # (status, the write seen)
+    readiness: set[int] = field(default_factory=set)  # what /ready answered
     stopped_at: float = 0.0
 
 
@@ -114,10 +115,11 @@ async def careful_writer(
 
 
 async def reader(client: httpx.AsyncClient, ledger: Ledger, stop: asyncio.Event) -> None:
-    """Public reads, which go to the replica."""
+    """Public reads, which go to the replica; and /ready, which follows the primary."""
     while not stop.is_set():
         try:
             ledger.read_statuses[(await client.get("/posts?limit=5")).status_code] += 1
+            ledger.readiness.add((await client.get("/ready")).status_code)
         except httpx.TransportError:
             ledger.read_statuses["broken connection"] += 1
         await asyncio.sleep(0.05)
@@ -152,7 +154,7 @@ async def failovers(ha: HaCluster, ledger: Ledger, caller: Caller, count: int) -
     the purchase)."""
     leaders = []
     for _ in range(count):
-        await asyncio.sleep(2)
+        await asyncio.sleep(1)
         leader = await asyncio.to_thread(ha.leader)
         assert leader is not None
         leaders.append(leader.name)
@@ -176,13 +178,13 @@ async def failovers(ha: HaCluster, ledger: Ledger, caller: Caller, count: int) -
 
 async def switchover(ha: HaCluster, ledger: Ledger, caller: Caller) -> list[str]:
     """A planned change of leader (`patronictl switchover`), then the old one back as a standby."""
-    await asyncio.sleep(2)
+    await asyncio.sleep(1)
     leader = await asyncio.to_thread(ha.leader)
     assert leader is not None
     candidate = next(node for node in ha.nodes if node is not leader)
     await asyncio.to_thread(ha.switchover, candidate)
     await asyncio.to_thread(ha.wait_healthy)
-    await asyncio.sleep(2)
+    await asyncio.sleep(1)
     return [leader.name, (await asyncio.to_thread(ha.leader) or leader).name]
 
 
@@ -248,6 +250,7 @@ def test_three_failovers_under_load_lose_nothing_and_cost_only_503s(ha: HaCluste
     assert max(ledger.recovered_after) < TTL + 2, ledger.recovered_after  # the ttl, then promotion
     assert set(ledger.read_statuses) == {200}, ledger.read_statuses
     assert ledger.token_reads == [(200, True)] * 3  # the old leader's tokens honoured on the new
+    assert ledger.readiness == {200, 503}  # /ready said so while there was no primary
     assert exit_code == 0 and stopped_after < GRACE_SECONDS + 5
     # Every connection came back: none in use once the load is over, none left for the close to
     # wait for (it would say so), and no more open than the pool may hold.
