@@ -751,7 +751,7 @@ def test_0009_puts_a_statements_purchases_in_one_rollup_shard(fresh_database_url
     with schema_connection(url) as conn, schema_lock(conn, wait_seconds=30):
         migrate(conn, MigrationPolicy(), "0008")
     if not url.startswith("sqlite"):  # the body 0006 made in the release before 0009: a shard per id
-        (body,) = [q.source for q in load_queries("postgresql") if q.name == "rollups_ddl_keep_sales"]
+        body = load_queries("postgresql").rollups_ddl_keep_sales.source
         per_statement = "(SELECT min(id) FROM added) % 16,"
         assert per_statement in body and "FROM added GROUP BY 1, 2 ORDER BY 1, 2" in body
         body = body.replace(per_statement, "id % 16,").replace(

@@ -27,8 +27,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        (keep_sales,) = [q.source for q in load_queries("postgresql") if q.name == "rollups_ddl_keep_sales"]
-        bind.execute(text(keep_sales))
+        bind.execute(text(load_queries("postgresql").rollups_ddl_keep_sales.source))
 
 
 def downgrade() -> None:
